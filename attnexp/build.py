@@ -1,0 +1,85 @@
+"""Config → objects: the model (with pretrained weights), the datamodule, the α schedule."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+# keys of a model node that describe it rather than construct it
+MODEL_META_KEYS = ("pretrained", "official_name")
+
+
+class CheckpointError(Exception):
+    pass
+
+
+def build_model(cfg: DictConfig) -> nn.Module:
+    node = OmegaConf.to_container(cfg.model, resolve=True)
+    for key in MODEL_META_KEYS:
+        node.pop(key, None)
+    model = instantiate(node, _convert_="all")
+    if cfg.model.get("pretrained"):
+        load_weights(model, cfg.model.pretrained, key="model.pretrained")
+    return model
+
+
+def read_checkpoint(path: str, key: str) -> dict:
+    """torch.load with one-line errors for a missing file or one that is not a checkpoint."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{key}={path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # pickle, zip and EOF errors all mean the same to the user
+        raise CheckpointError(f"{key}={path}: not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{key}={path}: not a checkpoint (holds a {type(obj).__name__}, not a dict)")
+    return obj
+
+
+def state_dict_of(obj: dict) -> dict[str, torch.Tensor]:
+    """A raw state_dict (official .pth) or the backbone part of an attnexp / Lightning checkpoint."""
+    if "state_dict" in obj:
+        prefix = "model."
+        return {k[len(prefix) :]: v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
+    return obj
+
+
+def mismatch_summary(model: nn.Module, state: dict[str, Any]) -> str | None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shaped = [
+        f"{k} {tuple(state[k].shape)}≠{tuple(own[k].shape)}"
+        for k in own
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)):
+        if keys:
+            shown = ", ".join(keys[:3]) + (f", … (+{len(keys) - 3})" if len(keys) > 3 else "")
+            parts.append(f"{len(keys)} {label}: {shown}")
+    return "; ".join(parts) or None
+
+
+def load_weights(model: nn.Module, path: str, key: str) -> None:
+    state = state_dict_of(read_checkpoint(path, key))
+    problem = mismatch_summary(model, state)
+    if problem:
+        raise CheckpointError(f"{key}={path}: does not fit this model ({problem})")
+    model.load_state_dict(state, strict=True)
+
+
+def build_alpha(cfg: DictConfig):
+    node = cfg.get("alpha")
+    if not node or not node.get("_target_"):
+        return None
+    return instantiate(node)
+
+
+def build_data(cfg: DictConfig):
+    return instantiate(cfg.data, seed=cfg.seed, _convert_="all")

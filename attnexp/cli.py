@@ -1,0 +1,249 @@
+"""The `attnexp` console script.
+
+Composes and validates the config itself before handing over to Hydra, so a bad
+override ends with one line (`attnexp: error: key=value: what is allowed`),
+exit code 2, no traceback and no run directory — and without importing torch.
+Then it names the run (or sweep) folder and lets Hydra run the job(s).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import sys
+import traceback
+from datetime import datetime
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from attnexp.config.validate import ConfigError, validate
+from attnexp.data.files import DataMissingError, check_dataset
+from attnexp.rundir import read_metrics, single_run_dir, sweep_dir, update_metrics
+
+CONFIG_MODULE = "attnexp.conf"
+PASS_THROUGH = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--version", "--resolve", "-p", "--package"}
+MAX_VALIDATED_JOBS = 512
+EXIT_CONFIG = 2
+
+
+def _job_dir(override_dirname: str) -> str:
+    """A job's folder name from its overrides; path separators in values must not nest folders."""
+    return override_dirname.replace("/", "_").replace(os.sep, "_") or "default"
+
+
+OmegaConf.register_new_resolver("attnexp_job_dir", _job_dir, replace=True)
+
+
+class UsageError(Exception):
+    pass
+
+
+def fail(message: str, code: int = EXIT_CONFIG) -> None:
+    print(f"attnexp: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+# ---------------------------------------------------------------- composition (no torch)
+
+
+def group_options(group: str) -> list[str]:
+    from importlib.resources import files
+
+    folder = files(CONFIG_MODULE).joinpath(group)
+    try:
+        return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _composition_error(exc: Exception) -> str:
+    text = str(exc)
+    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
+    if missing:
+        group, choice = missing.groups()
+        options = group_options(group)
+        if options:
+            return f"{group}={choice}: unknown choice; available: {', '.join(options)}"
+        return f"{group}: unknown config group"
+    key = re.search(r"Key '([^']+)' is not in struct", text) or re.search(r"Could not override '([^']+)'", text)
+    if key:
+        return f"{key.group(1)}: unknown key (use ++{key.group(1)}=VALUE only to add a new key on purpose)"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return first
+
+
+def compose(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
+    """The config the CLI would run with, composed outside any Hydra app (used by build_model too)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            return hydra_compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
+    except Exception as exc:  # Hydra's composition errors come in several types, all user-facing
+        raise UsageError(_composition_error(exc)) from None
+
+
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """Every job of a multirun's command-line sweep (cartesian product), as plain override lists."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:
+        raise UsageError(_composition_error(exc)) from None
+    axes = []
+    for o in parsed:
+        if o.is_sweep_override():
+            axes.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
+        else:
+            axes.append([o.input_line])
+    return [list(job) for job in itertools.islice(itertools.product(*axes), MAX_VALIDATED_JOBS)]
+
+
+def preflight(overrides: list[str], multirun: bool) -> DictConfig:
+    """Compose and validate every job the command would run; return the first job's config (with hydra node)."""
+    jobs = expand_sweep(overrides) if multirun else [overrides]
+    first = None
+    for job in jobs:
+        cfg = compose(job, return_hydra_config=True)
+        if first is None:
+            first = cfg
+            # sweeps defined by an experiment preset (hydra.sweeper.params) are checked too
+            params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+            if multirun and params:
+                extra = [f"{k}={v}" for k, v in params.items()]
+                jobs.extend(expand_sweep(extra + job)[1:MAX_VALIDATED_JOBS])
+        choices = dict(cfg.hydra.runtime.choices)
+        body = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        try:
+            validate(body, choices)
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
+        if body.mode in ("train", "eval"):
+            try:
+                check_dataset(body.data.name, body.data.root, body.data.download)
+            except DataMissingError as e:
+                raise UsageError(str(e)) from None
+        for key in ("ckpt_path", "model.pretrained"):
+            path = OmegaConf.select(body, key)
+            if path and not os.path.isfile(path):
+                raise UsageError(f"{key}={path}: no such file")
+    return first
+
+
+# ---------------------------------------------------------------- folders
+
+
+def _has(overrides: list[str], key: str) -> bool:
+    return any(o.lstrip("+~").split("=", 1)[0] == key for o in overrides)
+
+
+def resume_overrides(ckpt_path: str) -> tuple[str, list[str]]:
+    """The run folder of a checkpoint and the overrides that made it (from its .hydra/overrides.yaml)."""
+    run_dir = Path(ckpt_path).resolve().parent.parent
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    original = list(OmegaConf.load(saved)) if saved.is_file() else []
+    return str(run_dir), [o for o in original if not _has([o], "ckpt_path") and not o.startswith("hydra.")]
+
+
+def plan_folders(overrides: list[str], multirun: bool) -> list[str]:
+    """Add hydra.run.dir / hydra.sweep.dir unless given, and the original overrides when resuming."""
+    ckpt = next((o.split("=", 1)[1] for o in overrides if _has([o], "ckpt_path")), None)
+    mode = next((o.split("=", 1)[1] for o in overrides if _has([o], "mode")), "train")
+    if not multirun and ckpt and mode == "train" and ckpt != "null":
+        run_dir, original = resume_overrides(ckpt)
+        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        keep = [o for o in original if not _has(overrides, o.lstrip("+~").split("=", 1)[0])]
+        return keep + overrides + [f"hydra.run.dir={run_dir}", f"hydra.output_subdir=.hydra/resume_{stamp}"]
+    return overrides
+
+
+def name_folders(overrides: list[str], cfg: DictConfig, multirun: bool) -> list[str]:
+    choices = cfg.hydra.runtime.choices
+    if multirun and not _has(overrides, "hydra.sweep.dir"):
+        name = choices.get("experiment") or "sweep"
+        return overrides + [f"hydra.sweep.dir={sweep_dir('multirun', name)}"]
+    if not multirun and not _has(overrides, "hydra.run.dir"):
+        return overrides + [f"hydra.run.dir={single_run_dir('outputs', choices.model, choices.attention)}"]
+    return overrides
+
+
+# ---------------------------------------------------------------- the Hydra task
+
+
+@hydra.main(config_path="pkg://attnexp.conf", config_name="config", version_base="1.3")
+def task(cfg: DictConfig):
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    run_dir = hc.runtime.output_dir
+    multirun = hc.mode == RunMode.MULTIRUN
+    if multirun:
+        if cfg.sweep.dry_run:
+            print(f"[dry run] {run_dir}  ({' '.join(hc.overrides.task)})")
+            return None
+        if cfg.sweep.resume:
+            status = read_metrics(run_dir).get("status")
+            if status == "done":
+                print(f"[skip] {run_dir}: done")
+                return None
+            last = Path(run_dir) / "checkpoints" / "last.ckpt"
+            if last.is_file():
+                cfg.ckpt_path = str(last)
+    return run_task(cfg, run_dir, multirun)
+
+
+def run_task(cfg: DictConfig, run_dir: str, multirun: bool):
+    from attnexp.build import CheckpointError
+    from attnexp.run import RunFailed, run_job
+
+    try:
+        return run_job(cfg, run_dir)
+    except RunFailed as e:
+        message, code = str(e), e.exit_code
+    except (CheckpointError, DataMissingError, ConfigError, ValueError) as e:
+        message, code = str(e).splitlines()[0], 1
+        update_metrics(run_dir, status="failed", reason=message)
+    except Exception as e:
+        (Path(run_dir) / "error.txt").write_text(traceback.format_exc())
+        message, code = f"{type(e).__name__}: {e}".splitlines()[0] + f" (traceback in {run_dir}/error.txt)", 1
+        update_metrics(run_dir, status="failed", reason=message)
+    if multirun:  # the other jobs go on; the sweep's summary reports this one
+        print(f"attnexp: job failed: {run_dir}: {message}", file=sys.stderr)
+        return None
+    fail(message, code)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # the command as typed, for provenance (jobs in other processes inherit it)
+    os.environ.setdefault("ATTNEXP_COMMAND", " ".join(["attnexp"] + argv))
+    if any(a.split("=", 1)[0] in PASS_THROUGH for a in argv):
+        sys.argv = [sys.argv[0]] + argv
+        task()
+        return
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    flags = [a for a in argv if a.startswith("-")]
+    overrides = [a for a in argv if not a.startswith("-")]
+    try:
+        overrides = plan_folders(overrides, multirun)
+        cfg = preflight(overrides, multirun)
+    except UsageError as e:
+        fail(str(e))
+    overrides = name_folders(overrides, cfg, multirun)
+    sys.argv = [sys.argv[0]] + flags + overrides
+    task()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Config composition and validation. Imports no torch: the CLI's error path must be instant."""

@@ -1,0 +1,225 @@
+"""Start-up validation: every mistake becomes one `ConfigError(key, value, allowed)`.
+
+Runs on the composed config before any data is read or directory written.
+Types and unknown keys are checked against the dataclass schemas; the range
+and consistency rules below catch what types cannot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from attnexp.config.schema import FIXED, GROUPS_BY_TARGET, SCHEMAS, TopSchema
+
+
+class ConfigError(Exception):
+    """A bad value: `key=value: what is allowed`."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        shown = f"{key}={_show(value)}" if value is not ... else key
+        super().__init__(f"{shown}: {allowed}")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_show(v) for v in value) + "]"
+    return "null" if value is None else str(value)
+
+
+def _type_name(tp: Any) -> str:
+    text = str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+    names = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "list": "a list"}
+    if text.startswith("Optional["):
+        return names.get(text[9:-1], text[9:-1]) + " or null"
+    return names.get(text, text)
+
+
+def _check_schema(prefix: str, node: Any, schema: type) -> None:
+    try:
+        OmegaConf.merge(OmegaConf.structured(schema), node)
+    except ConfigKeyError as e:
+        known = ", ".join(f.name for f in dataclasses.fields(schema) if not f.name.startswith("_"))
+        raise ConfigError(f"{prefix}.{e.full_key}", ..., f"unknown key (known: {known})") from None
+    except ValidationError as e:
+        name = str(e.full_key).split(".")[-1]
+        tp = {f.name: f.type for f in dataclasses.fields(schema)}.get(name, "")
+        raise ConfigError(f"{prefix}.{e.full_key}", node.get(name), f"expected {_type_name(tp)}") from None
+
+
+def check_types(cfg: DictConfig) -> None:
+    for group in GROUPS_BY_TARGET:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        schema = SCHEMAS.get(node._target_)
+        if schema is not None:
+            _check_schema(group, node, schema)
+        value_map = node.get("value_map")
+        if isinstance(value_map, DictConfig) and value_map.get("_target_") in SCHEMAS:
+            _check_schema(f"{group}.value_map", value_map, SCHEMAS[value_map._target_])
+    for key, schema in FIXED.items():
+        if key in cfg:
+            _check_schema(key, cfg[key], schema)
+    top = {f.name: cfg.get(f.name) for f in dataclasses.fields(TopSchema) if f.name in cfg}
+    _check_schema("", OmegaConf.create(top), TopSchema)
+
+
+# ---------------------------------------------------------------- rules
+Rule = Callable[[DictConfig, dict], None]
+RULES: list[Rule] = []
+
+
+def rule(fn: Rule) -> Rule:
+    RULES.append(fn)
+    return fn
+
+
+def _need(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+def _one_of(cfg: DictConfig, key: str, allowed: tuple) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is not None:
+        _need(value in allowed, key, value, "one of " + ", ".join(map(str, allowed)))
+
+
+@rule
+def _choices(cfg, choices):
+    _one_of(cfg, "mode", ("train", "eval", "summary"))
+    _one_of(cfg, "attention.impl", ("auto", "sdpa", "explicit"))
+    _one_of(cfg, "model.positional_embedding", ("learnable", "sine", "none"))
+    _one_of(cfg, "model.pooling", ("seqpool", "cls"))
+    _one_of(cfg, "model.tokenizer", ("conv", "patch"))
+    _one_of(cfg, "alpha.unit", ("epoch", "step"))
+    _one_of(cfg, "data.loader", ("auto", "device", "torchvision"))
+    _one_of(cfg, "trainer.progress_bar", ("auto", "on", "off"))
+    _one_of(
+        cfg,
+        "trainer.precision",
+        ("auto", "32", "32-true", "64", "64-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true"),
+    )
+
+
+@rule
+def _positive(cfg, choices):
+    for key in ("optimizer.lr",):
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            _need(value > 0, key, value, "must be > 0")
+    for key in (
+        "data.batch_size",
+        "data.eval_batch_size",
+        "trainer.max_epochs",
+        "trainer.check_val_every_n_epoch",
+        "model.num_layers",
+        "model.num_heads",
+        "model.dim",
+        "data.image_size",
+    ):
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            _need(value >= 1, key, value, "must be ≥ 1")
+    for key in ("data.num_workers", "optimizer.weight_decay", "trainer.gradient_clip_val", "label_smoothing"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            _need(value >= 0, key, value, "must be ≥ 0")
+    for key in ("model.dropout", "model.attn_drop", "model.drop_path", "label_smoothing"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            _need(0 <= value < 1, key, value, "must be in [0, 1)")
+    split = OmegaConf.select(cfg, "data.val_split")
+    if split is not None:
+        _need(0 <= split < 1, "data.val_split", split, "a fraction in [0, 1)")
+
+
+@rule
+def _heads_divide_width(cfg, choices):
+    dim, heads = OmegaConf.select(cfg, "model.dim"), OmegaConf.select(cfg, "model.num_heads")
+    if dim and heads and OmegaConf.select(cfg, "model.head_dim") is None:
+        _need(dim % heads == 0, "model.num_heads", heads, f"must divide model.dim={dim}")
+
+
+@rule
+def _tokenizer_fits_image(cfg, choices):
+    if OmegaConf.select(cfg, "model.tokenizer") == "patch" or OmegaConf.select(cfg, "model.patch_size"):
+        size, patch = OmegaConf.select(cfg, "model.image_size"), OmegaConf.select(cfg, "model.patch_size")
+        if OmegaConf.select(cfg, "model.tokenizer") in (None, "patch") and size and patch:
+            _need(size % patch == 0, "model.patch_size", patch, f"must divide the image size {size}")
+    if OmegaConf.select(cfg, "model.tokenizer") == "conv":
+        size, layers = cfg.model.image_size, cfg.model.n_conv_layers
+        _need(layers >= 1, "model.n_conv_layers", layers, "must be ≥ 1")
+        _need(size >= 2**layers, "model.image_size", size, f"too small for {layers} conv+pool layers")
+
+
+def _scheduled(node: Any) -> str | None:
+    """The class name of an α-driven value map in this node, if any."""
+    if not isinstance(node, DictConfig):
+        return None
+    vm = node.get("value_map", node)
+    if isinstance(vm, DictConfig) and str(vm.get("_target_", "")).endswith((".Remix", ".Shift")):
+        if vm.get("alpha") is None:
+            return vm._target_.rsplit(".", 1)[-1]
+    return None
+
+
+def _alpha_values(alpha: DictConfig) -> list[float]:
+    target = str(alpha._target_)
+    if target.endswith("ConstantAlpha"):
+        return [alpha.value]
+    if target.endswith("StepAlpha"):
+        return [p[1] for p in alpha.points]
+    return [alpha.start, alpha.end]
+
+
+@rule
+def _alpha(cfg, choices):
+    alpha = cfg.get("alpha")
+    has_alpha = isinstance(alpha, DictConfig) and alpha.get("_target_")
+    users = {g: _scheduled(cfg.get(g)) for g in ("attention", "seqpool")}
+    for group, kind in users.items():
+        if kind and not has_alpha:
+            raise ConfigError(
+                group, choices.get(group, kind.lower()), "needs an α schedule: add alpha=constant|linear|cosine|step"
+            )
+    if has_alpha:
+        if str(alpha._target_).endswith("StepAlpha"):
+            _need(len(alpha.points) > 0, "alpha.points", list(alpha.points), "a list of [epoch, value] pairs")
+        if "Remix" in users.values() and not alpha.allow_extrapolation:
+            for value in _alpha_values(alpha):
+                _need(0 <= value <= 1, "alpha", value, "remix needs α in [0, 1] (or alpha.allow_extrapolation=true)")
+
+
+@rule
+def _seqpool_needs_seqpool_model(cfg, choices):
+    choice = choices.get("seqpool")
+    if choice and choice != "x" and "seqpool_value" not in cfg.get("model", {}):
+        raise ConfigError("seqpool", choice, f"model={choices.get('model')} has no SeqPool (choose a cct* or cvt* model)")
+    if choice and choice != "x" and cfg.model.get("pooling") == "cls":
+        raise ConfigError("seqpool", choice, "model.pooling=cls has no SeqPool")
+
+
+@rule
+def _mode_needs(cfg, choices):
+    if cfg.get("mode") == "eval":
+        _need(cfg.get("ckpt_path") is not None, "ckpt_path", None, "mode=eval needs ckpt_path=PATH")
+
+
+def validate(cfg: DictConfig, choices: dict | None = None) -> None:
+    """Raise ConfigError for the first problem found."""
+    choices = choices or {}
+    try:
+        check_types(cfg)
+        for fn in RULES:
+            fn(cfg, choices)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as e:  # a bad interpolation, a missing mandatory value
+        key = getattr(e, "full_key", None) or "config"
+        raise ConfigError(str(key), ..., str(e).splitlines()[0]) from None

@@ -1,0 +1,102 @@
+"""Multi-head self-attention with a pluggable value map.
+
+Two code paths, chosen once at construction (`impl`):
+- `sdpa`: torch's fused scaled_dot_product_attention. Every value map is just a
+  different V, so softmaxᵀ(V), remix and shift all run fused.
+- `explicit`: scale, matmul, softmax, dropout, matmul, written out. It is the
+  path that can be instrumented (attention maps for statistics) and the one
+  DeepViT's re-attention needs, since that mixes the maps across heads.
+`auto` takes sdpa unless re-attention asks for the maps.
+
+Parameter layout is the official Compact-Transformers one: a single `qkv`
+linear viewed as [3, heads, head_dim] and a `proj` linear with bias.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnexp.layers.value_maps import Identity
+
+IMPLS = ("auto", "sdpa", "explicit")
+
+
+class ReAttention(nn.Module):
+    """DeepViT re-attention: a learned heads×heads mix of the attention maps, then LayerNorm over heads."""
+
+    def __init__(self, num_heads: int):
+        super().__init__()
+        self.reattn_weights = nn.Parameter(torch.randn(num_heads, num_heads))
+        self.reattn_norm = nn.LayerNorm(num_heads)
+
+    def forward(self, attn: torch.Tensor) -> torch.Tensor:
+        # (B, h, N, N) -> mix heads -> (B, g, N, N)
+        attn = torch.einsum("bhij,hg->bgij", attn, self.reattn_weights)
+        return self.reattn_norm(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class Attention(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        scale: float | None = None,
+        impl: str = "auto",
+        value_map: nn.Module | None = None,
+        reattention: bool = False,
+        head_dim: int | None = None,
+    ):
+        super().__init__()
+        if impl not in IMPLS:
+            raise ValueError(f"impl={impl!r}: expected one of {IMPLS}")
+        self.num_heads = num_heads
+        # head_dim decouples the inner width from `dim` (the seed-003 ViT: 4 heads × 64 on a 128 stream)
+        self.head_dim = head_dim or dim // num_heads
+        inner = self.head_dim * num_heads
+        self.scale = scale if scale is not None else self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(inner, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.value_map = value_map if value_map is not None else Identity()
+        self.reattn = ReAttention(num_heads) if reattention else None
+        self.fused = impl == "sdpa" or (impl == "auto" and not reattention)
+        if self.fused and reattention:
+            raise ValueError("impl='sdpa' cannot serve re-attention: it needs the explicit maps")
+        # set to a dict by the attention_stats callback to collect V / map statistics
+        self.stats: dict | None = None
+
+    def attention_maps(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        attn = (q @ k.transpose(-2, -1)) * self.scale  # (B, h, N, N)
+        return attn.softmax(dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, h, N, hd)
+        v_mapped = self.value_map(v)
+        if self.stats is not None:
+            self._record(q, k, v, v_mapped)
+        if self.fused:
+            p = self.attn_drop.p if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v_mapped, dropout_p=p, scale=self.scale)
+        else:
+            attn = self.attention_maps(q, k)
+            if self.reattn is not None:
+                attn = self.reattn(attn)
+            out = self.attn_drop(attn) @ v_mapped  # (B, h, N, hd)
+        out = out.transpose(1, 2).reshape(B, N, -1)
+        return self.proj_drop(self.proj(out))
+
+    @torch.no_grad()
+    def _record(self, q, k, v, v_mapped) -> None:
+        attn = self.attention_maps(q.float(), k.float())
+        entropy = -(attn * attn.clamp_min(1e-12).log()).sum(-1).mean()
+        self.stats.update(
+            v_min=v.min(), v_max=v.max(), fv_min=v_mapped.min(), fv_max=v_mapped.max(), attn_entropy=entropy
+        )

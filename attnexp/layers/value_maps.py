@@ -1,0 +1,94 @@
+"""The value that attention weights multiply: V itself or a map of it.
+
+The RFP (seed 001) replaces V by softmaxᵀ(V): each feature column of V is
+soft-maxed over the token axis. CCT's SeqPool is the same product with one query
+per image, so one set of maps serves both. Every map acts on the token axis,
+which is -2 in both layouts that use them: (B, heads, tokens, head_dim) inside
+attention and (B, tokens, dim) in SeqPool.
+
+No map owns a trainable or persistent tensor, so a checkpoint of the plain model
+loads strictly into any of them (the point of the remix fine-tuning study).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TOKEN_AXIS = -2
+
+
+def token_softmax(v: torch.Tensor) -> torch.Tensor:
+    """softmaxᵀ(V): softmax over tokens, per feature, in float32 then back to v's dtype."""
+    return F.softmax(v.float(), dim=TOKEN_AXIS).to(v.dtype)
+
+
+class Identity(nn.Module):
+    """f(V) = V: classic attention and the official SeqPool."""
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return v
+
+
+class TokenSoftmax(nn.Module):
+    """f(V) = scale · softmaxᵀ(V). scale=10 is seed 000's `10*F.softmax(x, dim=1)` line."""
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        out = token_softmax(v)
+        return out if self.scale == 1.0 else out * self.scale
+
+
+class BatchSoftmax(nn.Module):
+    """f(V) = softmax(V, dim=0): seed 000's accidental softmax over the *batch* axis.
+
+    Kept only to reproduce that number: the output of one image depends on the
+    other images of its batch, so eval accuracy depends on batch composition.
+    """
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return F.softmax(v.float(), dim=0).to(v.dtype)
+
+
+class AlphaMap(nn.Module):
+    """Base of the α-weighted maps.
+
+    alpha=None means "driven by the `alpha` schedule": the training module finds
+    every map with `scheduled=True` and writes the current α into its buffer each
+    optimizer step. The buffer is non-persistent (no state_dict entry) and is
+    updated in place, so compiled graphs see the new value without recompiling.
+    """
+
+    def __init__(self, alpha: float | None = None):
+        super().__init__()
+        self.scheduled = alpha is None
+        self.register_buffer("alpha", torch.tensor(0.0 if alpha is None else float(alpha)), persistent=False)
+
+    def set_alpha(self, value: float) -> None:
+        self.alpha.fill_(value)
+
+    def extra_repr(self) -> str:
+        return "alpha=scheduled" if self.scheduled else f"alpha={self.alpha.item():g}"
+
+
+class Remix(AlphaMap):
+    """f(V) = α · softmaxᵀ(V) + (1 − α) · V (seed 001's remix; α=0 is plain V)."""
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        alpha = self.alpha.to(v.dtype)
+        return torch.lerp(v, token_softmax(v), alpha)
+
+
+class Shift(AlphaMap):
+    """f(V) = V + α · softmaxᵀ(V), any real α (α=1: softmax+x, α=−1: x−softmax)."""
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return v + self.alpha.to(v.dtype) * token_softmax(v)
+
+
+def scheduled_maps(model: nn.Module) -> list[AlphaMap]:
+    return [m for m in model.modules() if isinstance(m, AlphaMap) and m.scheduled]

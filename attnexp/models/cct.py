@@ -1,0 +1,149 @@
+"""CCT, CVT and ViT-Lite, as in the official Compact-Transformers code.
+
+Same state_dict keys, shapes and function (see ../shared/reference/): a
+tokenizer, then a `classifier` holding positional embedding, blocks, final
+norm, the pooling (SeqPool or class token) and the linear head. One class
+serves all three families; the presets in conf/model/ pick the numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnexp.layers.attention import Attention
+from attnexp.layers.block import TransformerBlock, attention_per_block, drop_path_rates
+from attnexp.layers.tokenizer import ConvTokenizer, conv_stride_padding, make_positional_embedding
+from attnexp.layers.value_maps import Identity
+
+POOLINGS = ("seqpool", "cls")
+TOKENIZERS = ("conv", "patch")
+
+
+def init_transformer_weights(module: nn.Module) -> None:
+    """Linear: trunc-normal std 0.02, zero bias; LayerNorm: 1 / 0 (the official init)."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class TransformerClassifier(nn.Module):
+    """Tokens (B, N, dim) → logits. Holds everything the official `classifier.*` keys name."""
+
+    def __init__(
+        self,
+        num_tokens: int,
+        dim: int,
+        num_layers: int,
+        num_heads: int,
+        mlp_ratio: float,
+        num_classes: int,
+        attn_layer: Callable[..., nn.Module],
+        pooling: str = "seqpool",
+        seqpool_value: nn.Module | None = None,
+        positional_embedding: str = "learnable",
+        dropout: float = 0.0,
+        attn_drop: float = 0.1,
+        drop_path: float = 0.1,
+        layout: str = "cct",
+    ):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling={pooling!r}: expected one of {POOLINGS}")
+        self.seq_pool = pooling == "seqpool"
+        if self.seq_pool:
+            self.attention_pool = nn.Linear(dim, 1)
+            self.seqpool_value = seqpool_value if seqpool_value is not None else Identity()
+        else:
+            self.class_emb = nn.Parameter(torch.zeros(1, 1, dim))
+            num_tokens += 1
+        self.positional_emb = make_positional_embedding(positional_embedding, num_tokens, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(dim, num_heads, int(dim * mlp_ratio), attn, dropout, attn_drop, rate, layout)
+            for attn, rate in zip(attention_per_block(attn_layer, num_layers), drop_path_rates(num_layers, drop_path))
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, num_classes)
+        self.apply(init_transformer_weights)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.seq_pool:
+            x = torch.cat((self.class_emb.expand(x.shape[0], -1, -1), x), dim=1)
+        if self.positional_emb is not None:
+            x = x + self.positional_emb
+        x = self.dropout(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)  # (B, N, dim)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.seq_pool:
+            return x[:, 0]
+        # w: (B, N, 1) softmax over tokens; pooled = wᵀ · f(x)
+        w = F.softmax(self.attention_pool(x), dim=1)
+        return (w.transpose(-1, -2) @ self.seqpool_value(x)).squeeze(-2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.forward_features(x)))
+
+
+class CompactTransformer(nn.Module):
+    """CCT (`tokenizer=conv`), CVT (`patch` + seqpool) and ViT-Lite (`patch` + cls)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        image_size: int = 32,
+        dim: int = 256,
+        num_layers: int = 7,
+        num_heads: int = 4,
+        mlp_ratio: float = 2.0,
+        tokenizer: str = "conv",
+        kernel_size: int = 3,
+        n_conv_layers: int = 1,
+        patch_size: int = 4,
+        pooling: str = "seqpool",
+        positional_embedding: str = "learnable",
+        dropout: float = 0.0,
+        attn_drop: float = 0.1,
+        drop_path: float = 0.1,
+        attn_layer: Callable[..., nn.Module] | None = None,
+        seqpool_value: nn.Module | None = None,
+    ):
+        super().__init__()
+        if tokenizer == "conv":
+            stride, padding = conv_stride_padding(kernel_size)
+            self.tokenizer = ConvTokenizer(in_channels, dim, kernel_size, stride, padding, n_conv_layers)
+        elif tokenizer == "patch":
+            self.tokenizer = ConvTokenizer(
+                in_channels, dim, patch_size, patch_size, 0, max_pool=False, activation=False, conv_bias=True
+            )
+        else:
+            raise ValueError(f"tokenizer={tokenizer!r}: expected one of {TOKENIZERS}")
+        self.classifier = TransformerClassifier(
+            num_tokens=self.tokenizer.sequence_length(in_channels, image_size),
+            dim=dim,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            num_classes=num_classes,
+            attn_layer=attn_layer or Attention,
+            pooling=pooling,
+            seqpool_value=seqpool_value,
+            positional_embedding=positional_embedding,
+            dropout=dropout,
+            attn_drop=attn_drop,
+            drop_path=drop_path,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.tokenizer(x))

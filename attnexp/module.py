@@ -1,0 +1,148 @@
+"""ClassifierModule: any backbone + cross-entropy, top-1/top-5, the optimizer and lr schedule, and α.
+
+Metrics accumulate on the device and are read once per epoch: no host sync
+inside a training step (except the non-finite check, see `nonfinite_every`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnexp.layers.value_maps import scheduled_maps
+from attnexp.schedules import AlphaSchedule
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, step: int):
+        self.step = step
+        super().__init__(f"non-finite loss at step {step}")
+
+
+class _Tally:
+    """Sums of loss, top-1 and top-5 hits and sample count, kept as one device tensor."""
+
+    def __init__(self):
+        self.sums: torch.Tensor | None = None
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        k = min(5, logits.shape[-1])
+        topk = logits.topk(k, dim=-1).indices
+        hits = topk == labels[:, None]
+        n = labels.shape[0]
+        row = torch.stack(
+            [loss.detach().float() * n, hits[:, 0].sum().float(), hits.any(-1).sum().float(), torch.tensor(float(n), device=loss.device)]
+        )
+        self.sums = row if self.sums is None else self.sums + row
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        loss, top1, top5, n = self.sums
+        self.sums = None
+        return {"loss": loss / n, "acc1": 100 * top1 / n, "acc5": 100 * top5 / n}
+
+
+class ClassifierModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable,
+        scheduler: Callable | None = None,
+        label_smoothing: float = 0.0,
+        alpha: AlphaSchedule | None = None,
+        run_config: dict | None = None,
+        nonfinite_every: int = 1,
+    ):
+        super().__init__()
+        self.model = model
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.label_smoothing = label_smoothing
+        self.alpha_schedule = alpha
+        self.alpha_maps = scheduled_maps(model)
+        self.alpha_value: float | None = None
+        self.run_config = run_config or {}
+        self.nonfinite_every = nonfinite_every  # 1 on CPU (free); larger on GPU to avoid a sync per step
+        self._first_bad_step: torch.Tensor | None = None
+        self.tallies = {stage: _Tally() for stage in ("train", "val", "test")}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # ------------------------------------------------------------ alpha
+    def set_alpha(self, value: float) -> None:
+        self.alpha_value = value
+        for m in self.alpha_maps:
+            m.set_alpha(value)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self.alpha_schedule is not None and self.alpha_maps:
+            self.set_alpha(self.alpha_schedule(self.global_step, self.trainer.num_training_batches))
+            self.log("alpha", self.alpha_value, on_step=True, on_epoch=False)
+
+    # ------------------------------------------------------------ steps
+    def _shared_step(self, batch, stage: str) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        smoothing = self.label_smoothing if stage == "train" else 0.0
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+        self.tallies[stage].add(loss, logits, labels)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self._shared_step(batch, "train")
+        self._check_finite(loss)
+        return loss
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        step = torch.tensor(self.global_step, device=loss.device)
+        bad = ~torch.isfinite(loss.detach())
+        first = self._first_bad_step if self._first_bad_step is not None else torch.full_like(step, -1)
+        self._first_bad_step = torch.where((first < 0) & bad, step, first)
+        if (self.global_step + 1) % self.nonfinite_every == 0 and self._first_bad_step.item() >= 0:
+            raise NonFiniteLoss(int(self._first_bad_step.item()))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        loader = self.trainer.train_dataloader
+        if hasattr(loader, "consumed"):
+            loader.consumed = batch_idx + 1
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def _log_epoch(self, stage: str) -> None:
+        if self.tallies[stage].sums is None:
+            return
+        for name, value in self.tallies[stage].compute().items():
+            self.log(f"{stage}/{name}", value, sync_dist=True)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+        self.log("lr", self.optimizers().param_groups[0]["lr"])
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    # ------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.model.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}
+
+    # ------------------------------------------------------------ checkpoints carry the config and α
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["attnexp_config"] = self.run_config
+        checkpoint["alpha"] = self.alpha_value
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if checkpoint.get("alpha") is not None:
+            self.set_alpha(checkpoint["alpha"])

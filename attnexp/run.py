@@ -1,0 +1,260 @@
+"""One job: train, evaluate or summarise a composed config inside its run directory.
+
+`run_job(cfg, run_dir)` is what the CLI's Hydra task calls; tests call it too.
+It returns the metrics dict and raises `RunFailed` (with the status it wrote)
+when the run did not finish.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from attnexp.build import build_alpha, build_data, build_model, load_weights, read_checkpoint
+from attnexp.callbacks import AtomicCheckpointIO, GracefulStop, RunRecorder
+from attnexp.module import ClassifierModule, NonFiniteLoss
+from attnexp.rundir import provenance, read_metrics, update_metrics
+
+
+class RunFailed(Exception):
+    """The job ended without finishing; `status` is what metrics.json now says."""
+
+    def __init__(self, status: str, message: str, exit_code: int = 1):
+        self.status, self.exit_code = status, exit_code
+        super().__init__(message)
+
+
+def trainable_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def device_name(on_gpu: bool) -> str:
+    if on_gpu:
+        return torch.cuda.get_device_name(0)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _on_gpu(cfg: DictConfig) -> bool:
+    return torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+
+
+def seed_and_threads(cfg: DictConfig) -> None:
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    if _on_gpu(cfg):
+        torch.set_float32_matmul_precision(cfg.trainer.matmul_precision)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+
+def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    if not enabled:
+        return model
+    try:
+        return torch.compile(model)
+    except Exception as e:  # a missing compiler toolchain must not cost the run
+        print(f"attnexp: torch.compile unavailable ({type(e).__name__}: {e}); running eager", file=sys.stderr)
+        return model
+
+
+def make_trainer(cfg: DictConfig, run_dir: str, callbacks: list, logger) -> pl.Trainer:
+    t = cfg.trainer
+    on_gpu = _on_gpu(cfg)
+    precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
+    progress = t.progress_bar == "on" or (t.progress_bar == "auto" and sys.stderr.isatty())
+    extra = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    return pl.Trainer(
+        accelerator="gpu" if on_gpu else "cpu",
+        devices=t.devices,
+        strategy=t.strategy,
+        precision=precision,
+        max_epochs=t.max_epochs,
+        deterministic=t.deterministic,
+        check_val_every_n_epoch=t.check_val_every_n_epoch,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        limit_test_batches=t.limit_val_batches,
+        gradient_clip_val=t.gradient_clip_val or None,
+        log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        detect_anomaly=t.detect_anomaly,
+        num_sanity_val_steps=0,
+        callbacks=callbacks + extra,
+        logger=logger,
+        default_root_dir=run_dir,
+        plugins=[AtomicCheckpointIO()],
+    )
+
+
+def _choices() -> dict:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
+    except ValueError:  # not inside a Hydra job (a test calling run_job directly)
+        return {}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+# ---------------------------------------------------------------- modes
+
+
+def train(cfg: DictConfig, run_dir: str) -> dict:
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    seed_and_threads(cfg)
+    started = time.perf_counter()
+    resumed = read_metrics(run_dir) if cfg.ckpt_path else {}
+    datamodule = build_data(cfg)
+    model = build_model(cfg)
+    params = trainable_parameters(model)
+    on_gpu = _on_gpu(cfg)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    module = ClassifierModule(
+        maybe_compile(model, cfg.trainer.compile),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        label_smoothing=cfg.label_smoothing,
+        alpha=build_alpha(cfg),
+        run_config=run_config,
+        nonfinite_every=cfg.trainer.log_every_n_steps if on_gpu else 1,
+    )
+    choices = _choices()
+    update_metrics(
+        run_dir,
+        status="running",
+        run_dir=str(run_dir),
+        params=params,
+        choices=choices or resumed.get("choices", {}),
+        device=device_name(on_gpu),
+        **provenance(run_dir),
+    )
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    recorder = RunRecorder(str(run_dir), history=resumed.get("history"))
+    stopper = GracefulStop(str(ckpt_dir / "last.ckpt"))
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best", monitor="val/acc1", mode="max", save_last=True, auto_insert_metric_name=False
+    )
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
+    trainer = make_trainer(cfg, str(run_dir), [recorder, stopper, checkpoint], logger)
+
+    fit_history: list = []
+
+    def finish(status: str, **fields) -> dict:
+        wall = resumed.get("wall_time_s", 0.0) + time.perf_counter() - started
+        history = list(fit_history or recorder.history)
+        best = max((h["val_acc1"] for h in history), default=None)
+        final = history[-1]["val_acc1"] if history else None
+        if trainer.is_global_zero and best is not None:
+            logger.log_hyperparams(
+                _flat({k: run_config[k] for k in run_config if k != "hydra"}) | {"params": params},
+                {"hp/best_acc1": best, "hp/final_acc1": final},
+            )
+            logger.finalize(status)
+        return update_metrics(
+            run_dir, status=status, best_acc1=best, final_acc1=final, epochs=len(history) and history[-1]["epoch"],
+            wall_time_s=round(wall, 2), **fields
+        )
+
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    except NonFiniteLoss as e:
+        finish("diverged", reason=str(e), diverged_step=e.step)
+        raise RunFailed("diverged", f"{e}: stopped; last good checkpoint kept in {ckpt_dir}") from None
+    except KeyboardInterrupt:
+        finish("interrupted", reason="interrupted twice: stopped without a new checkpoint")
+        raise RunFailed("interrupted", "interrupted", exit_code=130) from None
+    if stopper.signal is not None:
+        finish("interrupted", reason=f"signal {stopper.signal}", resume_with=f"ckpt_path={ckpt_dir / 'last.ckpt'}")
+        raise RunFailed("interrupted", f"interrupted; resume with ckpt_path={ckpt_dir / 'last.ckpt'}", exit_code=128 + stopper.signal)
+
+    fit_history = list(recorder.history)  # testing the best checkpoint must not rewind it
+    test_metrics = {}
+    if checkpoint.best_model_path:
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint.best_model_path, verbose=False)
+        if results:
+            test_metrics = {"test_acc1_at_best_val": results[0].get("test/acc1")}
+    metrics = finish("done", **test_metrics)
+    if trainer.is_global_zero:
+        print(f"best top-1: {metrics['best_acc1']:.2f}, final top-1: {metrics['final_acc1']:.2f}")
+        print(f"run directory: {run_dir}\nTensorBoard:   tensorboard --logdir {run_dir}")
+    return metrics
+
+
+def evaluate(cfg: DictConfig, run_dir: str) -> dict:
+    """Score ckpt_path on the test split, rebuilding the model from the checkpoint's own config."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    seed_and_threads(cfg)
+    ckpt = read_checkpoint(cfg.ckpt_path, "ckpt_path")
+    saved = ckpt.get("attnexp_config")
+    model_cfg = OmegaConf.merge(cfg, {"model": saved["model"]}) if saved else cfg
+    model_cfg.model.pretrained = None
+    model = build_model(model_cfg)
+    load_weights(model, cfg.ckpt_path, key="ckpt_path")
+    module = ClassifierModule(model, optimizer=instantiate(cfg.optimizer))
+    if ckpt.get("alpha") is not None:
+        module.set_alpha(ckpt["alpha"])
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
+    trainer = make_trainer(cfg, str(run_dir), [], logger)
+    results = trainer.test(module, datamodule=build_data(cfg), verbose=False)[0]
+    metrics = {k.replace("/", "_"): float(v) for k, v in results.items()}
+    print(f"test top-1: {metrics['test_acc1']:.2f}, top-5: {metrics['test_acc5']:.2f}")
+    return update_metrics(run_dir, status="done", mode="eval", ckpt_path=cfg.ckpt_path, params=trainable_parameters(model), **metrics)
+
+
+def summary(cfg: DictConfig, run_dir: str) -> dict:
+    """Parameters, GFLOPs per image and tokens, without data or training."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(cfg).eval()
+    size, channels = cfg.model.get("image_size") or cfg.data.image_size, cfg.data.in_channels
+    x = torch.zeros(1, channels, size, size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    tokenizer = getattr(model, "tokenizer", None)
+    info = {
+        "model": _choices().get("model") or cfg.model.get("official_name"),
+        "official_name": cfg.model.get("official_name"),
+        "attention": _choices().get("attention"),
+        "params": trainable_parameters(model),
+        "gflops_per_image": counter.get_total_flops() / 1e9,
+        "tokens": tokenizer.sequence_length(channels, size) if tokenizer is not None else None,
+        "image_size": size,
+    }
+    print(
+        f"{info['model']}: {info['params']:,} trainable parameters, "
+        f"{info['gflops_per_image']:.3f} GFLOPs/img, {info['tokens']} tokens"
+    )
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / "summary.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+MODES = {"train": train, "eval": evaluate, "summary": summary}
+
+
+def run_job(cfg: DictConfig, run_dir: str) -> dict:
+    os.makedirs(run_dir, exist_ok=True)
+    return MODES[cfg.mode](cfg, run_dir)

@@ -1,0 +1,95 @@
+"""What a run leaves behind: metrics.json (atomically), provenance, the run-directory naming. No torch here."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+
+STATUSES = ("running", "done", "failed", "diverged", "interrupted")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write to a temp file in the same folder, fsync, rename: a kill leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_metrics(run_dir: str | os.PathLike, /) -> dict:
+    path = Path(run_dir) / "metrics.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def update_metrics(run_dir: str | os.PathLike, /, **fields) -> dict:
+    metrics = read_metrics(run_dir)
+    metrics.update(fields)
+    atomic_write_text(Path(run_dir) / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
+    return metrics
+
+
+def unique_dir(path: str) -> str:
+    """path, or path_1, path_2, ... whichever does not exist yet: a run never writes into another's folder."""
+    candidate, n = path, 0
+    while os.path.exists(candidate):
+        n += 1
+        candidate = f"{path}_{n}"
+    return candidate
+
+
+def single_run_dir(root: str, model: str, attention: str, now: datetime | None = None) -> str:
+    now = now or datetime.now()
+    return unique_dir(os.path.join(root, now.strftime("%Y-%m-%d"), f"{now.strftime('%H-%M-%S')}_{model}_{attention}"))
+
+
+def sweep_dir(root: str, name: str, now: datetime | None = None) -> str:
+    now = now or datetime.now()
+    return unique_dir(os.path.join(root, now.strftime("%Y-%m-%d"), f"{now.strftime('%H-%M-%S')}_{name}"))
+
+
+def _git(*args: str) -> str | None:
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def provenance(run_dir: str | os.PathLike) -> dict:
+    """Command, git commit and dirtiness (diff saved beside), versions, host. Cheap enough for every run."""
+    commit = (_git("rev-parse", "HEAD") or "").strip() or None
+    diff = _git("diff", "HEAD") if commit else None
+    if diff:
+        atomic_write_text(Path(run_dir) / "git.diff", diff)
+    versions = {}
+    for pkg in ("attnexp", "torch", "torchvision", "pytorch-lightning", "hydra-core", "omegaconf", "tensorboard"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "command": os.environ.get("ATTNEXP_COMMAND") or " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "git_commit": commit,
+        "git_dirty": bool(diff),
+        "versions": {"python": platform.python_version(), **versions},
+        "host": platform.node(),
+    }
