@@ -10,6 +10,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from attnexp.layers.value_maps import scheduled_maps
+
 # keys of a model node that describe it rather than construct it
 MODEL_META_KEYS = ("pretrained", "official_name")
 
@@ -23,6 +25,10 @@ def build_model(cfg: DictConfig) -> nn.Module:
     for key in MODEL_META_KEYS:
         node.pop(key, None)
     model = instantiate(node, _convert_="all")
+    alpha = build_alpha(cfg)
+    if alpha is not None:  # α at step 0, so a model built outside training is in a defined state
+        for m in scheduled_maps(model):
+            m.set_alpha(alpha(0, 1))
     if cfg.model.get("pretrained"):
         load_weights(model, cfg.model.pretrained, key="model.pretrained")
     return model

@@ -195,11 +195,21 @@ def train(cfg: DictConfig, run_dir: str) -> dict:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint.best_model_path, verbose=False)
         if results:
             test_metrics = {"test_acc1_at_best_val": results[0].get("test/acc1")}
+        test_metrics.update(time_inference(module.model, datamodule, module.device))
     metrics = finish("done", **test_metrics)
     if trainer.is_global_zero:
         print(f"best top-1: {metrics['best_acc1']:.2f}, final top-1: {metrics['final_acc1']:.2f}")
         print(f"run directory: {run_dir}\nTensorBoard:   tensorboard --logdir {run_dir}")
     return metrics
+
+
+def time_inference(model: torch.nn.Module, datamodule, device: torch.device) -> dict:
+    """ms per evaluation batch (seed 003's "average inference time"), on the device that trained."""
+    from attnexp.timing import inference_ms
+
+    images, _ = datamodule.test_dataloader().batch(0, 0)
+    ms = inference_ms(model, images.to(device))
+    return {"inference_ms_per_batch": round(ms, 3), "inference_batch_size": int(images.shape[0])}
 
 
 def evaluate(cfg: DictConfig, run_dir: str) -> dict:

@@ -74,6 +74,8 @@ class CompactTransformerSchema:
     drop_path: float = 0.1
     attn_layer: Any = None
     seqpool_value: Any = None
+    layout: str = "cct"  # cct (official norm placement) | pre (textbook pre-norm)
+    qkv_bias: bool = False
     pretrained: Optional[str] = None
     official_name: Optional[str] = None
 

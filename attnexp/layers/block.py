@@ -86,6 +86,13 @@ def drop_path_rates(depth: int, max_rate: float) -> list[float]:
     return [max_rate * i / (depth - 1) for i in range(depth)]
 
 
+def as_partial(fn: Callable[..., nn.Module]) -> functools.partial:
+    """A plain functools.partial with its own keywords dict (Hydra's partials are a subclass)."""
+    if isinstance(fn, functools.partial):
+        return functools.partial(fn.func, *fn.args, **fn.keywords)
+    return functools.partial(fn)
+
+
 def bind_attention(attn_layer: Callable[..., nn.Module], **defaults) -> Callable[..., nn.Module]:
     """Let an attention config win over what a backbone passes.
 
@@ -106,10 +113,9 @@ def attention_per_block(attn_layer: Callable[..., nn.Module], depth: int, **defa
     variant to those blocks; the others get the plain softmax attention (same impl)."""
     from attnexp.layers.attention import Attention
 
-    keywords = dict(getattr(attn_layer, "keywords", {}))
+    attn_layer = as_partial(attn_layer)
+    keywords = attn_layer.keywords
     layers = keywords.pop("layers", None)
-    if isinstance(attn_layer, functools.partial):
-        attn_layer = functools.partial(attn_layer.func, *attn_layer.args, **keywords)
     chosen = bind_attention(attn_layer, **defaults)
     if layers is None:
         return [chosen] * depth

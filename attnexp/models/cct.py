@@ -1,4 +1,4 @@
-"""CCT, CVT and ViT-Lite, as in the official Compact-Transformers code.
+"""CCT, CVT and ViT-Lite, as in the official Compact-Transformers code (and plain ViTs: layout=pre).
 
 Same state_dict keys, shapes and function (see ../shared/reference/): a
 tokenizer, then a `classifier` holding positional embedding, blocks, final
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnexp.layers.attention import Attention
-from attnexp.layers.block import TransformerBlock, attention_per_block, drop_path_rates
+from attnexp.layers.block import TransformerBlock, as_partial, attention_per_block, drop_path_rates
 from attnexp.layers.tokenizer import ConvTokenizer, conv_stride_padding, make_positional_embedding
 from attnexp.layers.value_maps import Identity
 
@@ -118,8 +118,13 @@ class CompactTransformer(nn.Module):
         drop_path: float = 0.1,
         attn_layer: Callable[..., nn.Module] | None = None,
         seqpool_value: nn.Module | None = None,
+        layout: str = "cct",
+        qkv_bias: bool = False,
     ):
         super().__init__()
+        attn_layer = as_partial(attn_layer or Attention)
+        if qkv_bias:  # the backbone's default; an attention config that sets qkv_bias itself wins
+            attn_layer.keywords.setdefault("qkv_bias", True)
         if tokenizer == "conv":
             stride, padding = conv_stride_padding(kernel_size)
             self.tokenizer = ConvTokenizer(in_channels, dim, kernel_size, stride, padding, n_conv_layers)
@@ -136,13 +141,14 @@ class CompactTransformer(nn.Module):
             num_heads=num_heads,
             mlp_ratio=mlp_ratio,
             num_classes=num_classes,
-            attn_layer=attn_layer or Attention,
+            attn_layer=attn_layer,
             pooling=pooling,
             seqpool_value=seqpool_value,
             positional_embedding=positional_embedding,
             dropout=dropout,
             attn_drop=attn_drop,
             drop_path=drop_path,
+            layout=layout,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

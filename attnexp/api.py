@@ -1,0 +1,65 @@
+"""Python entry points for notebooks and tools."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def compose_config(overrides: list[str] | None = None):
+    """The config `attnexp <overrides>` would run with (validated; raises ConfigError / UsageError)."""
+    from omegaconf import OmegaConf
+
+    from attnexp.cli import compose
+    from attnexp.config.validate import validate
+
+    cfg = compose(list(overrides or []), return_hydra_config=True)
+    choices = dict(cfg.hydra.runtime.choices)
+    body = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    validate(body, choices)
+    return body
+
+
+def build_model(overrides: list[str] | None = None, compile: bool = False):
+    """The backbone the CLI would train, e.g. build_model(["model=cct7", "data=cifar10"]).
+
+    Touches no dataset file. `model.pretrained=PATH` loads weights strictly;
+    compile=True (or trainer.compile=true) returns a torch.compile'd module.
+    """
+    from attnexp.build import build_model as _build
+    from attnexp.run import maybe_compile
+
+    cfg = compose_config(overrides)
+    return maybe_compile(_build(cfg), compile or cfg.trainer.compile)
+
+
+@dataclass
+class Run:
+    run_dir: Path
+    config: Any  # DictConfig
+    metrics: dict
+    model: Any  # torch.nn.Module with the best (else last) checkpoint's weights, or None
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
+    """A finished (or interrupted) run: its config, metrics.json and the model with its weights."""
+    from omegaconf import OmegaConf
+
+    from attnexp.build import build_model as _build
+    from attnexp.build import load_weights
+
+    run_dir = Path(run_dir)
+    config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    ckpts = [run_dir / "checkpoints" / f"{name}.ckpt" for name in (checkpoint, "last")]
+    ckpt = next((c for c in ckpts if c.is_file()), None)
+    model = None
+    if ckpt is not None:
+        config.model.pretrained = None
+        model = _build(config)
+        load_weights(model, str(ckpt), key="checkpoint")
+        model.eval()
+    return Run(run_dir, config, metrics, model)

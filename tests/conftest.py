@@ -1,0 +1,95 @@
+"""Shared fixtures: composed configs, the CLI in a subprocess, real MNIST images from ../shared."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+REFERENCE = SHARED / "reference" / "official_cct_state_dicts.json"
+MNIST_T10K = SHARED / "data" / "mnist-t10k"
+ATTNEXP = Path(sys.executable).parent / "attnexp"
+
+# CPU tests: few threads, no GPU even if one is present
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared is absent (a user's clone)")
+
+
+def compose(*overrides: str):
+    """The validated config `attnexp <overrides>` would run with."""
+    from attnexp.api import compose_config
+
+    return compose_config(list(overrides))
+
+
+# small and quick: fake data, CPU, a couple of batches
+TINY = [
+    "data=fake",
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.progress_bar=off",
+    "data.batch_size=8",
+    "data.eval_batch_size=16",
+    "data.train_size=64",
+    "data.test_size=32",
+]
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the installed `attnexp` console script; outputs land under cwd."""
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    return subprocess.run(
+        [str(ATTNEXP), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Every run folder (one holding metrics.json or .hydra) below root."""
+    return sorted({p.parent for p in root.rglob("metrics.json")} | {p.parent for p in root.rglob(".hydra")})
+
+
+@pytest.fixture(scope="session")
+def mnist_root(tmp_path_factory) -> Path:
+    """The official MNIST test set laid out as torchvision expects: its first 8,000 images
+    as the train files and the last 2,000 as the test files, under <root>/MNIST/raw/."""
+    if not MNIST_T10K.is_dir():
+        pytest.skip("../shared/data/mnist-t10k is absent (a user's clone)")
+    root = tmp_path_factory.mktemp("mnist")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = gzip.decompress((MNIST_T10K / "t10k-images-idx3-ubyte.gz").read_bytes())
+    labels = gzip.decompress((MNIST_T10K / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    n_train = 8000
+
+    def idx(header: bytes, body: bytes, count: int, item: int, start: int) -> bytes:
+        # IDX header: magic, count, then dims; rewrite the count
+        return header[:4] + count.to_bytes(4, "big") + header[8:] + body[start * item : (start + count) * item]
+
+    img_h, lab_h = images[:16], labels[:8]
+    img_b, lab_b = images[16:], labels[8:]
+    (raw / "train-images-idx3-ubyte").write_bytes(idx(img_h, img_b, n_train, 784, 0))
+    (raw / "train-labels-idx1-ubyte").write_bytes(idx(lab_h, lab_b, n_train, 1, 0))
+    (raw / "t10k-images-idx3-ubyte").write_bytes(idx(img_h, img_b, 10000 - n_train, 784, n_train))
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(idx(lab_h, lab_b, 10000 - n_train, 1, n_train))
+    return root
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    """An empty folder to run the CLI in (its outputs/ and multirun/ land here)."""
+    return tmp_path
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
