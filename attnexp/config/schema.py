@@ -81,6 +81,46 @@ class CompactTransformerSchema:
 
 
 @dataclass
+class CNNSchema:
+    _target_: str = "attnexp.models.cnn.CNN"
+    num_classes: int = 10
+    in_channels: int = 1
+    image_size: int = 28
+    hidden_dim: int = 128
+    feature_dropout: float = 0.25
+    hidden_dropout: float = 0.5
+    pretrained: Optional[str] = None
+
+
+@dataclass
+class ViTSchema:
+    _target_: str = "attnexp.models.vit.ViT"
+    num_classes: int = 10
+    in_channels: int = 3
+    image_size: int = 32
+    patches_per_side: int = 2
+    declared_image_size: Any = None  # null | an integer | pixel_count (seed 003's quirk)
+    dim: int = 128
+    num_layers: int = 6
+    num_heads: int = 4
+    head_dim: int = 64
+    mlp_ratio: float = 2.0
+    dropout: float = 0.1
+    attn_drop: float = 0.1
+    emb_dropout: float = 0.1
+    reattention: bool = False  # DeepViT
+    attn_layer: Any = None
+    pretrained: Optional[str] = None
+
+
+@dataclass
+class HybridSchema(ViTSchema):
+    _target_: str = "attnexp.models.vit.Hybrid"
+    in_channels: int = 1
+    image_size: int = 28
+
+
+@dataclass
 class AttentionSchema:
     _target_: str = "attnexp.layers.attention.Attention"
     _partial_: bool = True
@@ -149,11 +189,15 @@ class TopSchema:
     seed: int = 0
     ckpt_path: Optional[str] = None
     label_smoothing: float = 0.1
+    required: list = field(default_factory=list)
 
 
 SCHEMAS: dict[str, type] = {
     "attnexp.data.datamodule.ImageDataModule": DataSchema,
     "attnexp.models.cct.CompactTransformer": CompactTransformerSchema,
+    "attnexp.models.cnn.CNN": CNNSchema,
+    "attnexp.models.vit.ViT": ViTSchema,
+    "attnexp.models.vit.Hybrid": HybridSchema,
     "attnexp.layers.attention.Attention": AttentionSchema,
     "attnexp.layers.value_maps.Identity": ValueMapSchema,
     "attnexp.layers.value_maps.TokenSoftmax": ValueMapSchema,

@@ -90,6 +90,32 @@ def _one_of(cfg: DictConfig, key: str, allowed: tuple) -> None:
         _need(value in allowed, key, value, "one of " + ", ".join(map(str, allowed)))
 
 
+def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    out = []
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            path = f"{prefix}{key}"
+            if OmegaConf.is_missing(node, key):
+                out.append(path)
+            else:
+                child = node._get_node(key)
+                if isinstance(child, DictConfig):
+                    out += _missing_keys(child, path + ".")
+    return out
+
+
+@rule
+def _required(cfg, choices):
+    missing = _missing_keys(cfg)
+    if missing:
+        raise ConfigError(missing[0], "???", f"required: set {missing[0]}=VALUE")
+    # presets list keys they cannot run without (OmegaConf's ??? cannot override a group's null)
+    for key in cfg.get("required") or []:
+        if OmegaConf.select(cfg, key) is None:
+            what = f"experiment={choices['experiment']} " if choices.get("experiment") else ""
+            raise ConfigError(key, None, f"{what}needs it: add {key}=VALUE")
+
+
 @rule
 def _choices(cfg, choices):
     _one_of(cfg, "mode", ("train", "eval", "summary"))
@@ -211,10 +237,52 @@ def _mode_needs(cfg, choices):
         _need(cfg.get("ckpt_path") is not None, "ckpt_path", None, "mode=eval needs ckpt_path=PATH")
 
 
+@rule
+def _attention_needs_attention_model(cfg, choices):
+    # a model without attention layers (cnn) would silently ignore the choice
+    choice, model = choices.get("attention"), cfg.get("model")
+    if choice and choice != "softmax" and isinstance(model, DictConfig) and "attn_layer" not in model:
+        raise ConfigError(
+            "attention", choice, f"model={choices.get('model')} has no attention (choose e.g. vit, deepvit, hybrid, cct2)"
+        )
+
+
+def _conv_stem_side(image_size: int) -> int:
+    # models/cnn.py ConvStem: two valid 3×3 convs, then a 2×2 max-pool
+    return (image_size - 4) // 2
+
+
+@rule
+def _seed003_geometry(cfg, choices):
+    model = cfg.get("model")
+    if not isinstance(model, DictConfig):
+        return
+    for key in ("emb_dropout", "feature_dropout", "hidden_dropout"):
+        if model.get(key) is not None:
+            _need(0 <= model[key] < 1, f"model.{key}", model[key], "must be in [0, 1)")
+    target = str(model.get("_target_", ""))
+    if target.endswith((".CNN", ".Hybrid")):
+        size = model.image_size
+        _need(_conv_stem_side(size) >= 1, "model.image_size", size, "the conv stem needs at least 6 pixels")
+    if "patches_per_side" not in model:
+        return
+    side = _conv_stem_side(model.image_size) if target.endswith(".Hybrid") else model.image_size
+    per_side = model.patches_per_side
+    _need(per_side >= 1 and side % per_side == 0, "model.patches_per_side", per_side, f"must divide the ViT's input side {side}")
+    patch, declared = side // per_side, model.get("declared_image_size")
+    if declared is not None and declared != "pixel_count":
+        ok = isinstance(declared, int) and not isinstance(declared, bool) and declared >= side and declared % patch == 0
+        _need(ok, "model.declared_image_size", declared, f"null, pixel_count, or an integer ≥ {side} divisible by the patch {patch}")
+    if model.get("reattention"):
+        impl = OmegaConf.select(cfg, "attention.impl")
+        _need(impl != "sdpa", "attention.impl", impl, "model.reattention=true mixes the attention maps: use auto or explicit")
+
+
 def validate(cfg: DictConfig, choices: dict | None = None) -> None:
     """Raise ConfigError for the first problem found."""
     choices = choices or {}
     try:
+        _required(cfg, choices)
         check_types(cfg)
         for fn in RULES:
             fn(cfg, choices)

@@ -19,9 +19,15 @@ from torch import nn
 TOKEN_AXIS = -2
 
 
+def softmax_upcast(v: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax in at least float32 (bf16 exponentials lose too much), returned in v's dtype."""
+    wide = v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
+    return F.softmax(wide, dim=dim).to(v.dtype)
+
+
 def token_softmax(v: torch.Tensor) -> torch.Tensor:
-    """softmaxᵀ(V): softmax over tokens, per feature, in float32 then back to v's dtype."""
-    return F.softmax(v.float(), dim=TOKEN_AXIS).to(v.dtype)
+    """softmaxᵀ(V): softmax over tokens, per feature."""
+    return softmax_upcast(v, TOKEN_AXIS)
 
 
 class Identity(nn.Module):
@@ -51,7 +57,7 @@ class BatchSoftmax(nn.Module):
     """
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return F.softmax(v.float(), dim=0).to(v.dtype)
+        return softmax_upcast(v, 0)
 
 
 class AlphaMap(nn.Module):

@@ -1,0 +1,115 @@
+"""The one datamodule: a source (cifar10, mnist, digits, fake, ...) → in-memory tensors → TensorLoaders."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+from attnexp.data import sources
+from attnexp.data.augment import build_augment
+from attnexp.data.loader import TensorLoader
+from attnexp.data.sources import Split
+
+SOURCES = {
+    "cifar10": sources.cifar10,
+    "cifar100": sources.cifar100,
+    "mnist": sources.mnist,
+    "digits": sources.digits,
+    "fake": sources.fake,
+}
+
+
+class ImageDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        name: str,
+        root: str = "data",
+        download: bool = False,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        image_size: int = 32,
+        batch_size: int = 128,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        val_split: float = 0.0,
+        mean: list | None = None,
+        std: list | None = None,
+        loader: str = "auto",
+        augment: dict | None = None,
+        train_size: int | None = None,
+        test_size: int | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if name not in SOURCES:
+            raise ValueError(f"data.name={name}: one of {', '.join(SOURCES)}")
+        self.name, self.root, self.download = name, root, download
+        self.num_classes, self.in_channels, self.image_size = num_classes, in_channels, image_size
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.val_split, self.loader, self.augment_spec, self.seed = val_split, loader, augment, seed
+        self.mean = list(mean) if mean else [0.5] * in_channels
+        self.std = list(std) if std else [0.5] * in_channels
+        self.sizes = {k: v for k, v in (("train_size", train_size), ("test_size", test_size)) if v is not None}
+        self.train: Split | None = None
+
+    def load(self) -> tuple[Split, Split]:
+        """(train, test) uint8 tensors at the configured image size."""
+        train, test = SOURCES[self.name](
+            root=self.root,
+            download=self.download,
+            image_size=self.image_size,
+            in_channels=self.in_channels,
+            num_classes=self.num_classes,
+            **self.sizes,
+        )
+        return train, test  # at their native size; loaders resize each batch to image_size
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train is not None:
+            return
+        train, test = self.load()
+        if self.val_split > 0:
+            # a fixed held-out part of the training set (same for every run seed)
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(12345))
+            n_val = int(round(len(train) * self.val_split))
+            train, val = train.subset(order[n_val:]), train.subset(order[:n_val])
+        else:
+            val = test  # the official recipe scores every epoch on the test split
+        device = self._device()
+        self.train, self.val, self.test = (Split(s.images.to(device), s.labels.to(device)) for s in (train, val, test))
+
+    def _device(self) -> torch.device:
+        resident = self.loader == "device" or (self.loader == "auto" and self._root_device().type == "cuda")
+        return self._root_device() if resident else torch.device("cpu")
+
+    def _root_device(self) -> torch.device:
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
+    def _rank(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+
+    def make_loader(self, split: Split, train: bool) -> TensorLoader:
+        impl = "torchvision" if self.loader == "torchvision" else "batched"
+        rank, world = self._rank()
+        return TensorLoader(
+            split,
+            self.batch_size if train else self.eval_batch_size,
+            self.mean,
+            self.std,
+            shuffle=train,
+            augment=build_augment(self.augment_spec, impl) if train else None,
+            seed=self.seed,
+            num_workers=self.num_workers if train else 0,
+            rank=rank,
+            world_size=world,
+            image_size=self.image_size,
+        )
+
+    def train_dataloader(self) -> TensorLoader:
+        return self.make_loader(self.train, train=True)
+
+    def val_dataloader(self) -> TensorLoader:
+        return self.make_loader(self.val, train=False)
+
+    def test_dataloader(self) -> TensorLoader:
+        return self.make_loader(self.test, train=False)
