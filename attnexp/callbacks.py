@@ -72,10 +72,20 @@ class RunRecorder(pl.Callback):
             update_metrics(self.run_dir, epochs=epoch, best_acc1=best, final_acc1=acc1, history=self.history)
 
 
+class StopRequested(Exception):
+    """Raised after the resumable checkpoint is written, so no epoch-end work (validation, lr step,
+    another checkpoint) runs on a half-finished epoch."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"signal {signum}")
+
+
 class GracefulStop(pl.Callback):
-    """SIGINT / SIGTERM: finish the current step, save last.ckpt, stop; the runner marks `interrupted`.
+    """SIGINT / SIGTERM: finish the current step, save last.ckpt there, stop.
 
     Installed at train start, after Lightning's own handlers, and restored at the end.
+    Lightning resumes a checkpoint saved in on_train_batch_end at the next batch.
     """
 
     def __init__(self, ckpt_path: str):
@@ -96,9 +106,9 @@ class GracefulStop(pl.Callback):
                 pass
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.signal is not None and not trainer.should_stop:
+        if self.signal is not None:
             trainer.save_checkpoint(self.ckpt_path)
-            trainer.should_stop = True
+            raise StopRequested(self.signal)
 
     def teardown(self, trainer, pl_module, stage) -> None:
         for sig, handler in self._previous.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shlex
 import sys
 import traceback
 from datetime import datetime
@@ -30,9 +31,19 @@ MAX_VALIDATED_JOBS = 512
 EXIT_CONFIG = 2
 
 
+NAME_MAX = 255  # bytes in one path component (Linux and macOS file systems)
+
+
 def _job_dir(override_dirname: str) -> str:
-    """A job's folder name from its overrides; path separators in values must not nest folders."""
-    return override_dirname.replace("/", "_").replace(os.sep, "_") or "default"
+    """A job's folder name from its overrides; path separators in values must not nest folders.
+    A name too long for the file system keeps its start and ends in a hash of the whole."""
+    name = override_dirname.replace("/", "_").replace(os.sep, "_") or "default"
+    if len(name.encode()) <= NAME_MAX:
+        return name
+    import hashlib
+
+    digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+    return name.encode()[: NAME_MAX - len(digest) - 1].decode(errors="ignore") + "~" + digest
 
 
 OmegaConf.register_new_resolver("attnexp_job_dir", _job_dir, replace=True)
@@ -90,14 +101,23 @@ def compose(overrides: list[str], return_hydra_config: bool = False) -> DictConf
         raise UsageError(_composition_error(exc)) from None
 
 
-def expand_sweep(overrides: list[str]) -> list[list[str]]:
-    """Every job of a multirun's command-line sweep (cartesian product), as plain override lists."""
+def parse_overrides(overrides: list[str]) -> list:
+    """Hydra's parse of each override; a syntax error names the override it is in."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as exc:
-        raise UsageError(_composition_error(exc)) from None
+    parser, parsed = OverridesParser.create(), []
+    for text in overrides:
+        try:
+            parsed += parser.parse_overrides([text])
+        except Exception as exc:
+            reason = str(exc).splitlines()[0]
+            raise UsageError(f"{text}: cannot parse this override ({reason})") from None
+    return parsed
+
+
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """Every job of a multirun's command-line sweep (cartesian product), as plain override lists."""
+    parsed = parse_overrides(overrides)
     axes = []
     for o in parsed:
         if o.is_sweep_override():
@@ -110,6 +130,7 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
 def preflight(overrides: list[str], multirun: bool) -> DictConfig:
     """Compose and validate every job the command would run; return the first job's config (with hydra node)."""
     jobs = expand_sweep(overrides) if multirun else [overrides]
+    parse_overrides(overrides)
     first = None
     for job in jobs:
         cfg = compose(job, return_hydra_config=True)
@@ -126,15 +147,15 @@ def preflight(overrides: list[str], multirun: bool) -> DictConfig:
             validate(body, choices)
         except ConfigError as e:
             raise UsageError(str(e)) from None
+        for key in ("ckpt_path", "model.pretrained"):
+            path = OmegaConf.select(body, key)
+            if path and not os.path.isfile(path):
+                raise UsageError(f"{key}={path}: no such file")
         if body.mode in ("train", "eval"):
             try:
                 check_dataset(body.data.name, body.data.root, body.data.download)
             except DataMissingError as e:
                 raise UsageError(str(e)) from None
-        for key in ("ckpt_path", "model.pretrained"):
-            path = OmegaConf.select(body, key)
-            if path and not os.path.isfile(path):
-                raise UsageError(f"{key}={path}: no such file")
     return first
 
 
@@ -186,10 +207,12 @@ def task(cfg: DictConfig):
     run_dir = hc.runtime.output_dir
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun:
-        if cfg.sweep.dry_run:
-            print(f"[dry run] {run_dir}  ({' '.join(hc.overrides.task)})")
+        from attnexp import sweep
+
+        sweep.use_platform_start_method()  # joblib's loky workers: DataLoader workers need it
+        if cfg.sweep.dry_run:  # main() answers dry runs before Hydra; never train in one
             return None
-        if cfg.sweep.resume:
+        if cfg.sweep.resume or sweep.requeued():
             status = read_metrics(run_dir).get("status")
             if status == "done":
                 print(f"[skip] {run_dir}: done")
@@ -197,6 +220,7 @@ def task(cfg: DictConfig):
             last = Path(run_dir) / "checkpoints" / "last.ckpt"
             if last.is_file():
                 cfg.ckpt_path = str(last)
+                print(f"[resume] {run_dir} from {last}")
     return run_task(cfg, run_dir, multirun)
 
 
@@ -242,7 +266,37 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(e))
     overrides = name_folders(overrides, cfg, multirun)
     sys.argv = [sys.argv[0]] + flags + overrides
-    task()
+    if not multirun:
+        task()
+        return
+    sys.exit(run_sweep(argv, overrides, cfg))
+
+
+def run_sweep(argv: list[str], overrides: list[str], cfg: DictConfig) -> int:
+    """Plan the jobs (sweep.json), answer a dry run, or launch; 1 when any job is not done."""
+    import time
+
+    from attnexp import sweep
+
+    started = time.time()
+    try:
+        sweep_dir, jobs = sweep.plan(overrides, compose)
+    except UsageError as e:
+        fail(str(e))
+    if cfg.sweep.dry_run:
+        sweep.dry_run(sweep_dir, jobs)
+        return 0
+    again = [a for a in argv if not _has([a], "hydra.sweep.dir") and not _has([a], "sweep.resume")]
+    resume = shlex.join(["attnexp"] + again + [f"hydra.sweep.dir={sweep_dir}", "sweep.resume=true"])
+    sweep.write_manifest(sweep_dir, [job for job, _ in jobs], command=os.environ["ATTNEXP_COMMAND"])
+    launcher_failed = False
+    try:
+        task()
+    except SystemExit as e:  # Hydra exits 1 when a launcher raised (a pool killed by SIGKILL)
+        launcher_failed = e.code not in (0, None)
+    if launcher_failed:
+        print("attnexp: the launcher stopped early; jobs it did not finish are incomplete", file=sys.stderr)
+    return sweep.finish(sweep_dir, started, resume) or int(launcher_failed)
 
 
 if __name__ == "__main__":

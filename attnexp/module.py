@@ -17,10 +17,14 @@ from attnexp.layers.value_maps import scheduled_maps
 from attnexp.schedules import AlphaSchedule
 
 
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1)
+
+
 class NonFiniteLoss(RuntimeError):
-    def __init__(self, step: int):
+    def __init__(self, step: int, what: str = "loss"):
         self.step = step
-        super().__init__(f"non-finite loss at step {step}")
+        super().__init__(f"non-finite {what} at step {step}")
 
 
 class _Tally:
@@ -55,6 +59,7 @@ class ClassifierModule(pl.LightningModule):
         alpha: AlphaSchedule | None = None,
         run_config: dict | None = None,
         nonfinite_every: int = 1,
+        seed: int = 0,
     ):
         super().__init__()
         self.model = model
@@ -64,6 +69,7 @@ class ClassifierModule(pl.LightningModule):
         self.alpha_maps = scheduled_maps(model)
         self.alpha_value: float | None = None
         self.run_config = run_config or {}
+        self.seed = seed
         self.nonfinite_every = nonfinite_every  # 1 on CPU (free); larger on GPU to avoid a sync per step
         self._first_bad_step: torch.Tensor | None = None
         self.tallies = {stage: _Tally() for stage in ("train", "val", "test")}
@@ -78,6 +84,15 @@ class ClassifierModule(pl.LightningModule):
             m.set_alpha(value)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # dropout / drop-path draws become a function of (seed, step): a run resumed from any
+        # step replays exactly what the uninterrupted run would have drawn (Lightning does not
+        # checkpoint the global RNG). Seeding is a host-side call, no device sync.
+        torch.manual_seed(_step_seed(self.seed, self.global_step))
+        # the loader's resume position counts this batch as consumed: any checkpoint written
+        # after this step (callbacks' on_train_batch_end run before the module's) resumes after it
+        loader = self.trainer.train_dataloader
+        if hasattr(loader, "consumed"):
+            loader.consumed = batch_idx + 1
         if self.alpha_schedule is not None and self.alpha_maps:
             self.set_alpha(self.alpha_schedule(self.global_step, self.trainer.num_training_batches))
             self.log("alpha", self.alpha_value, on_step=True, on_epoch=False)
@@ -103,11 +118,6 @@ class ClassifierModule(pl.LightningModule):
         self._first_bad_step = torch.where((first < 0) & bad, step, first)
         if (self.global_step + 1) % self.nonfinite_every == 0 and self._first_bad_step.item() >= 0:
             raise NonFiniteLoss(int(self._first_bad_step.item()))
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        loader = self.trainer.train_dataloader
-        if hasattr(loader, "consumed"):
-            loader.consumed = batch_idx + 1
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._shared_step(batch, "val")
@@ -140,6 +150,10 @@ class ClassifierModule(pl.LightningModule):
 
     # ------------------------------------------------------------ checkpoints carry the config and α
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # never replace a good checkpoint with diverged weights (a huge step can make the
+        # weights inf one step before the loss shows it)
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise NonFiniteLoss(self.global_step, "weights")
         checkpoint["attnexp_config"] = self.run_config
         checkpoint["alpha"] = self.alpha_value
 

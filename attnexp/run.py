@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from attnexp.build import build_alpha, build_data, build_model, load_weights, read_checkpoint
-from attnexp.callbacks import AtomicCheckpointIO, GracefulStop, RunRecorder
+from attnexp.callbacks import AtomicCheckpointIO, GracefulStop, RunRecorder, StopRequested
 from attnexp.module import ClassifierModule, NonFiniteLoss
 from attnexp.rundir import provenance, read_metrics, update_metrics
 
@@ -56,14 +56,60 @@ def seed_and_threads(cfg: DictConfig) -> None:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
 
+def _compile_failed(e: Exception) -> None:
+    reason = (str(e).strip().splitlines() or [""])[0][:200]
+    print(f"attnexp: torch.compile failed ({type(e).__name__}: {reason}); running eager", file=sys.stderr)
+
+
 def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """torch.compile `model` in place (same object, same state_dict keys, so checkpoints load anywhere).
+
+    Compilation happens at the first call, which is also where a missing C++
+    compiler or an unsupported op shows up: then one line says so and the
+    model runs eager from then on, instead of the run dying.
+    """
     if not enabled:
         return model
     try:
-        return torch.compile(model)
-    except Exception as e:  # a missing compiler toolchain must not cost the run
-        print(f"attnexp: torch.compile unavailable ({type(e).__name__}: {e}); running eager", file=sys.stderr)
+        model.compile()
+    except Exception as e:  # e.g. a Python version dynamo does not support
+        _compile_failed(e)
         return model
+    from torch._dynamo.exc import TorchDynamoException
+
+    compiled = model._compiled_call_impl
+
+    def call_or_fall_back(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except TorchDynamoException as e:  # backend and toolchain failures
+            _compile_failed(e)
+            model._compiled_call_impl = None
+            return model._call_impl(*args, **kwargs)
+
+    model._compiled_call_impl = call_or_fall_back
+    return model
+
+
+def channels_last_tokenizer(model: torch.nn.Module) -> torch.nn.Module:
+    """NHWC tokenizer convs (what cuDNN's tensor-core kernels want); a pre-hook converts the input.
+
+    The tokenizer's (B, C, H, W) → (B, H·W, C) flatten is then a free view.
+    """
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None or not any(isinstance(m, torch.nn.Conv2d) for m in tokenizer.modules()):
+        return model
+    tokenizer.to(memory_format=torch.channels_last)
+    tokenizer.register_forward_pre_hook(lambda _, args: (args[0].contiguous(memory_format=torch.channels_last), *args[1:]))
+    return model
+
+
+def make_optimizer(cfg: DictConfig, on_gpu: bool):
+    """The optimizer partial. fused=null means the fused kernel on a GPU (one launch per step, not
+    one per parameter tensor) and torch's default elsewhere; true/false are taken as given."""
+    if on_gpu and "fused" in cfg.optimizer and cfg.optimizer.fused is None:
+        return instantiate(cfg.optimizer, fused=True)
+    return instantiate(cfg.optimizer)
 
 
 def make_trainer(cfg: DictConfig, run_dir: str, callbacks: list, logger) -> pl.Trainer:
@@ -131,14 +177,17 @@ def train(cfg: DictConfig, run_dir: str) -> dict:
     params = trainable_parameters(model)
     on_gpu = _on_gpu(cfg)
     run_config = OmegaConf.to_container(cfg, resolve=True)
+    if on_gpu:
+        channels_last_tokenizer(model)
     module = ClassifierModule(
         maybe_compile(model, cfg.trainer.compile),
-        optimizer=instantiate(cfg.optimizer),
+        optimizer=make_optimizer(cfg, on_gpu),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         label_smoothing=cfg.label_smoothing,
         alpha=build_alpha(cfg),
         run_config=run_config,
         nonfinite_every=cfg.trainer.log_every_n_steps if on_gpu else 1,
+        seed=cfg.seed,
     )
     choices = _choices()
     update_metrics(
@@ -181,13 +230,16 @@ def train(cfg: DictConfig, run_dir: str) -> dict:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     except NonFiniteLoss as e:
         finish("diverged", reason=str(e), diverged_step=e.step)
-        raise RunFailed("diverged", f"{e}: stopped; last good checkpoint kept in {ckpt_dir}") from None
+        kept = sorted(p.name for p in ckpt_dir.glob("*.ckpt"))
+        where = f"last good checkpoints kept: {', '.join(kept)} in {ckpt_dir}" if kept else "no checkpoint had been saved yet"
+        raise RunFailed("diverged", f"{e}: stopped; {where}") from None
+    except StopRequested as e:
+        resume = f"ckpt_path={ckpt_dir / 'last.ckpt'}"
+        finish("interrupted", reason=f"signal {e.signum}", resume_with=resume)
+        raise RunFailed("interrupted", f"interrupted at step {trainer.global_step}; resume with {resume}", 128 + e.signum) from None
     except KeyboardInterrupt:
         finish("interrupted", reason="interrupted twice: stopped without a new checkpoint")
         raise RunFailed("interrupted", "interrupted", exit_code=130) from None
-    if stopper.signal is not None:
-        finish("interrupted", reason=f"signal {stopper.signal}", resume_with=f"ckpt_path={ckpt_dir / 'last.ckpt'}")
-        raise RunFailed("interrupted", f"interrupted; resume with ckpt_path={ckpt_dir / 'last.ckpt'}", exit_code=128 + stopper.signal)
 
     fit_history = list(recorder.history)  # testing the best checkpoint must not rewind it
     test_metrics = {}
@@ -196,7 +248,7 @@ def train(cfg: DictConfig, run_dir: str) -> dict:
         if results:
             test_metrics = {"test_acc1_at_best_val": results[0].get("test/acc1")}
         test_metrics.update(time_inference(module.model, datamodule, module.device))
-    metrics = finish("done", **test_metrics)
+    metrics = finish("done", reason=None, resume_with=None, **test_metrics)
     if trainer.is_global_zero:
         print(f"best top-1: {metrics['best_acc1']:.2f}, final top-1: {metrics['final_acc1']:.2f}")
         print(f"run directory: {run_dir}\nTensorBoard:   tensorboard --logdir {run_dir}")

@@ -46,23 +46,29 @@ def update_metrics(run_dir: str | os.PathLike, /, **fields) -> dict:
     return metrics
 
 
-def unique_dir(path: str) -> str:
-    """path, or path_1, path_2, ... whichever does not exist yet: a run never writes into another's folder."""
+def claim_dir(path: str) -> str:
+    """Create and return path, or path_1, path_2, ...: the first that did not exist.
+
+    mkdir is atomic, so two runs started in the same second never share a folder.
+    """
     candidate, n = path, 0
-    while os.path.exists(candidate):
-        n += 1
-        candidate = f"{path}_{n}"
-    return candidate
+    while True:
+        try:
+            os.makedirs(candidate)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = f"{path}_{n}"
 
 
 def single_run_dir(root: str, model: str, attention: str, now: datetime | None = None) -> str:
     now = now or datetime.now()
-    return unique_dir(os.path.join(root, now.strftime("%Y-%m-%d"), f"{now.strftime('%H-%M-%S')}_{model}_{attention}"))
+    return claim_dir(os.path.join(root, now.strftime("%Y-%m-%d"), f"{now.strftime('%H-%M-%S')}_{model}_{attention}"))
 
 
 def sweep_dir(root: str, name: str, now: datetime | None = None) -> str:
     now = now or datetime.now()
-    return unique_dir(os.path.join(root, now.strftime("%Y-%m-%d"), f"{now.strftime('%H-%M-%S')}_{name}"))
+    return claim_dir(os.path.join(root, now.strftime("%Y-%m-%d"), f"{now.strftime('%H-%M-%S')}_{name}"))
 
 
 def _git(*args: str) -> str | None:

@@ -1,0 +1,229 @@
+"""Nothing lost, nothing silently wrong: bad input, divergence, signals, atomic writes, exact resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ATTNEXP, run_cli, run_dirs
+
+# ---------------------------------------------------------------- bad input through the real CLI
+# (overrides, text the one-line message must contain). All fail at start-up: exit 2, no run folder.
+CONFIG_ERRORS = [
+    (["optimizer.lr=abc"], "optimizer.lr"),
+    (["optimizer.lr=-1"], "optimizer.lr"),
+    (["optimizer.lr=0"], "optimizer.lr"),
+    (["data.batch_size=0"], "data.batch_size"),
+    (["data.batch_size=1.5"], "data.batch_size"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs"),
+    (["model=nope"], "model=nope"),
+    (["attention=nope"], "attention=nope"),
+    (["data=imagenet"], "data=imagenet"),
+    (["model.num_heads=3"], "model.num_heads"),
+    (["model.dimm=3"], "model.dimm"),
+    (["attention=remix"], "attention"),
+    (["attention=remix", "alpha=constant", "alpha.value=1.5"], "alpha"),
+    (["model=vitlite7", "seqpool=softmax"], "seqpool"),
+    (["mode=fly"], "mode"),
+    (["mode=eval"], "ckpt_path"),
+    (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path"),
+    (["model.pretrained=/nonexistent/cct.pth"], "model.pretrained"),
+    (["data.val_split=1.5"], "data.val_split"),
+    (["model.positional_embedding=random"], "model.positional_embedding"),
+    (["attention.impl=flash"], "attention.impl"),
+    (["trainer.precision=8"], "trainer.precision"),
+    (["seqpool=shift", "alpha=step"], "alpha.points"),
+    (["experiment=remix_finetune"], "model.pretrained"),
+    (["model.dropout=1.5"], "model.dropout"),
+    (["model=cvt7", "data.image_size=30"], "model.patch_size"),
+    (["seed=abc"], "seed"),
+    (["trainer.deterministic=maybe"], "trainer.deterministic"),
+    (["attention=shift", "alpha=linear", "alpha.unit=hour"], "alpha.unit"),
+    (["model=["], "model"),
+]
+DATA_ERRORS = [
+    (["data=cifar10", "data.root=EMPTY"], "cifar-10-batches-py"),
+    (["data=cifar100", "data.root=EMPTY"], "cifar-100-python"),
+    (["data=mnist", "data.root=EMPTY"], "t10k-images-idx3-ubyte"),
+]
+
+
+def assert_one_line_error(proc, needle: str, code: int) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stderr[-2000:])
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("attnexp: error: "), last
+    assert needle in last, (needle, last)
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("overrides,needle", CONFIG_ERRORS + DATA_ERRORS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(overrides, needle, workdir):
+    (workdir / "EMPTY").mkdir()
+    started = time.perf_counter()
+    proc = run_cli(*overrides, cwd=workdir)
+    assert_one_line_error(proc, needle, code=2)
+    assert not (workdir / "outputs").exists() and not (workdir / "multirun").exists()
+    assert time.perf_counter() - started < 30  # no torch import on this path (benchmarks measure it properly)
+
+
+def test_unknown_choice_lists_the_available_ones(workdir):
+    proc = run_cli("model=cct3", cwd=workdir)
+    assert_one_line_error(proc, "cct2", code=2)
+    assert "cct7" in proc.stderr and "vitlite7" in proc.stderr
+
+
+def test_bad_sweep_value_fails_before_any_job(workdir):
+    proc = run_cli("-m", "debug=tiny", "optimizer.lr=1e-3,abc", cwd=workdir)
+    assert_one_line_error(proc, "optimizer.lr=abc", code=2)
+    assert not (workdir / "multirun").exists()
+
+
+# ---------------------------------------------------------------- bad checkpoints (found at run time)
+
+
+def test_bad_checkpoints_each_give_one_line(workdir):
+    garbage = workdir / "garbage.pth"
+    garbage.write_bytes(b"this is not a checkpoint")
+    other = workdir / "cct7.pth"
+    import attnexp
+
+    torch.save(attnexp.build_model(["model=cct7"]).state_dict(), other)
+    cases = [
+        (["debug=tiny", f"model.pretrained={garbage}"], "not a readable checkpoint"),
+        (["debug=tiny", f"model.pretrained={other}"], "does not fit"),
+        (["debug=tiny", "mode=eval", f"ckpt_path={garbage}"], "not a readable checkpoint"),
+    ]
+    procs = [subprocess.Popen([str(ATTNEXP), *o], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for o, _ in cases]
+    for proc, (_, needle) in zip(procs, cases):
+        out, err = proc.communicate(timeout=120)
+        proc.stderr_text = err
+        assert proc.returncode == 1, err[-2000:]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("attnexp: error: ") and needle in last, last
+        assert "Traceback" not in err
+    statuses = [json.loads((d / "metrics.json").read_text())["status"] for d in run_dirs(workdir / "outputs")]
+    assert statuses == ["failed"] * 3
+
+
+# ---------------------------------------------------------------- divergence
+
+
+def test_non_finite_loss_stops_marks_diverged_and_keeps_the_good_checkpoint(workdir):
+    run_dir = workdir / "run"
+    poison = ["+callbacks.poison._target_=poison.PoisonAtStep", "+callbacks.poison.step=3"]  # epoch 2, batch 2
+    env = {"PYTHONPATH": str(Path(__file__).parent)}
+    proc = run_cli("debug=tiny", "trainer.max_epochs=3", *poison, f"hydra.run.dir={run_dir}", cwd=workdir, env=env)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("attnexp: error: non-finite loss at step 3: stopped; last good checkpoints kept")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and metrics["diverged_step"] == 3
+    # epoch 1's checkpoint survives, finite, and loads
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def test_a_kill_during_checkpoint_writing_keeps_the_previous_file(tmp_path, monkeypatch):
+    from attnexp.callbacks import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 1}, path)
+
+    def dies_half_way(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt  # stands for the kill arriving mid-write
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "epoch": 2}, path)
+    monkeypatch.undo()
+    kept = torch.load(path, weights_only=False)
+    assert kept["epoch"] == 1 and torch.equal(kept["state_dict"]["w"], torch.ones(3))
+
+
+WRITER = """
+import sys, torch
+from attnexp.callbacks import AtomicCheckpointIO
+io, big = AtomicCheckpointIO(), torch.randn(4_000_000)
+for epoch in range(1, 10_000):
+    io.save_checkpoint({"epoch": epoch, "w": big}, sys.argv[1])
+    print(epoch, flush=True)
+"""
+
+
+def test_sigkill_while_writing_checkpoints_leaves_a_loadable_one(tmp_path):
+    import sys
+
+    path = tmp_path / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    for _ in range(3):  # let it finish a few files, then kill it in the middle of another
+        proc.stdout.readline()
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert torch.load(path, weights_only=False)["epoch"] >= 3
+
+
+def test_metrics_json_is_replaced_atomically(tmp_path):
+    from attnexp.rundir import read_metrics, update_metrics
+
+    update_metrics(tmp_path, status="running", best_acc1=1.0)
+    update_metrics(tmp_path, status="done")
+    assert read_metrics(tmp_path) == {"status": "done", "best_acc1": 1.0}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp files left
+
+
+# ---------------------------------------------------------------- signals and exact resume
+
+RUN = [
+    "debug=tiny", "model=cct2", "trainer.max_epochs=2", "trainer.limit_train_batches=null",
+    "trainer.limit_val_batches=null", "data.train_size=640", "data.batch_size=32", "trainer.deterministic=true",
+]
+
+
+def test_sigterm_mid_epoch_then_resume_matches_the_uninterrupted_run(workdir):
+    """Bit-exact on CPU: same data order and augmentation (seeded per batch), dropout seeded per
+    step, optimizer, scheduler and loader position restored from the mid-epoch checkpoint."""
+    full_dir, cut_dir = workdir / "full", workdir / "cut"
+    full = subprocess.Popen([str(ATTNEXP), *RUN, f"hydra.run.dir={full_dir}"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cut = subprocess.Popen([str(ATTNEXP), *RUN, f"hydra.run.dir={cut_dir}"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not (cut_dir / "checkpoints" / "last.ckpt").exists():  # epoch 1 is done
+        assert time.time() < deadline and cut.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.6)  # well into epoch 2 (20 steps)
+    cut.send_signal(signal.SIGTERM)
+    _, err = cut.communicate(timeout=120)
+    assert cut.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "resume with ckpt_path=" in err.strip().splitlines()[-1]
+    interrupted = json.loads((cut_dir / "metrics.json").read_text())
+    assert interrupted["status"] == "interrupted"
+    step = torch.load(cut_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert 20 < step < 40, step  # mid-epoch 2
+
+    resumed = run_cli(f"ckpt_path={cut_dir / 'checkpoints' / 'last.ckpt'}", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    full.communicate(timeout=180)
+    assert full.returncode == 0
+
+    a = torch.load(full_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(cut_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 40
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (full_dir, cut_dir))
+    assert mb["status"] == "done"
+    assert [h["val_acc1"] for h in ma["history"]] == [h["val_acc1"] for h in mb["history"]]
+    assert (ma["best_acc1"], ma["final_acc1"]) == (mb["best_acc1"], mb["final_acc1"])
+    assert not list(workdir.glob("outputs"))  # resumed in its own folder, no new run folder
