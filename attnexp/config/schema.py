@@ -132,6 +132,31 @@ class AttentionSchema:
 
 
 @dataclass
+class ConvNNAttentionSchema:
+    """attnexp.layers.convnn.ConvNNAttention (seed 004); allowed values are checked in validate.py."""
+
+    _target_: str = "attnexp.layers.convnn.ConvNNAttention"
+    _partial_: bool = True
+    K: int = 9  # neighbours per token
+    num_heads: Optional[int] = None  # None = the backbone's
+    similarity: str = "cosine"  # cosine | euclidean
+    projection: str = "kqv"  # kqv | v | kq | none
+    softmax_similarity: bool = False
+    topk_softmax: bool = False
+    topk_normalize: bool = False
+    temperature: float = 1.0
+    sampling: str = "all"  # all | spatial | random
+    samples: Optional[int] = None
+    prime_conv: str = "regular"  # regular | depthwise
+    prime_dropout: bool = True
+    head_layout: str = "split"  # split | v_d_over_h2 | v_h
+    branch: str = "none"  # none | conv1d | attention
+    branch_ratio: float = 0.5
+    layers: Optional[list] = None
+    qkv_bias: Optional[bool] = None  # None = the backbone's
+
+
+@dataclass
 class ValueMapSchema:
     _target_: str = "attnexp.layers.value_maps.Identity"
     alpha: Optional[float] = None
@@ -199,6 +224,7 @@ SCHEMAS: dict[str, type] = {
     "attnexp.models.vit.ViT": ViTSchema,
     "attnexp.models.vit.Hybrid": HybridSchema,
     "attnexp.layers.attention.Attention": AttentionSchema,
+    "attnexp.layers.convnn.ConvNNAttention": ConvNNAttentionSchema,
     "attnexp.layers.value_maps.Identity": ValueMapSchema,
     "attnexp.layers.value_maps.TokenSoftmax": ValueMapSchema,
     "attnexp.layers.value_maps.BatchSoftmax": ValueMapSchema,

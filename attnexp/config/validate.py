@@ -8,6 +8,7 @@ and consistency rules below catch what types cannot.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
@@ -276,6 +277,84 @@ def _seed003_geometry(cfg, choices):
     if model.get("reattention"):
         impl = OmegaConf.select(cfg, "attention.impl")
         _need(impl != "sdpa", "attention.impl", impl, "model.reattention=true mixes the attention maps: use auto or explicit")
+
+
+# ---------------------------------------------------------------- ConvNN attention (seed 004)
+CONVNN = "attnexp.layers.convnn.ConvNNAttention"
+# the registries of attnexp/layers/convnn.py, repeated here so start-up checks need no torch
+CONVNN_CHOICES = {
+    "similarity": ("cosine", "euclidean"),
+    "projection": ("kqv", "v", "kq", "none"),
+    "sampling": ("all", "spatial", "random"),
+    "prime_conv": ("regular", "depthwise"),
+    "head_layout": ("split", "v_d_over_h2", "v_h"),
+    "branch": ("none", "conv1d", "attention"),
+}
+
+
+def token_count(model: DictConfig) -> int | None:
+    """Tokens a CompactTransformer's blocks see (class token included), torch-free; None for other models."""
+    if not str(model.get("_target_", "")).endswith("cct.CompactTransformer"):
+        return None
+    side = model.image_size
+    if model.tokenizer == "patch":
+        side //= model.patch_size
+    else:
+        k = model.kernel_size
+        stride, pad = max(1, k // 2 - 1), max(1, k // 2)  # tokenizer.conv_stride_padding, the official rule
+        for _ in range(model.n_conv_layers):
+            side = (side + 2 * pad - k) // stride + 1
+            side = (side + 2 - 3) // 2 + 1  # MaxPool2d(3, 2, 1)
+    return side * side + (model.pooling == "cls")
+
+
+@rule
+def _convnn(cfg, choices):
+    node = cfg.get("attention")
+    if not isinstance(node, DictConfig) or node.get("_target_") != CONVNN:
+        return
+    # values may be interpolations (experiment=convnn_ablation's lines): type-check them resolved
+    _check_schema("attention", OmegaConf.create(OmegaConf.to_container(node, resolve=True)), SCHEMAS[CONVNN])
+    for key, allowed in CONVNN_CHOICES.items():
+        _one_of(cfg, f"attention.{key}", allowed)
+    K, ratio, branch, layout = node.K, node.branch_ratio, node.branch, node.head_layout
+    _need(K >= 1, "attention.K", K, "must be ≥ 1")
+    _need(node.temperature > 0, "attention.temperature", node.temperature, "must be > 0")
+    _need(0 <= ratio <= 1, "attention.branch_ratio", ratio, "a fraction in [0, 1]")
+    if node.sampling != "all":
+        _need((node.samples or 0) >= 1, "attention.samples", node.samples, f"sampling={node.sampling} needs samples ≥ 1")
+    if layout != "split":
+        _need(node.projection in ("kqv", "v"), "attention.head_layout", layout, "narrows V: needs attention.projection=kqv or v")
+    model = cfg.get("model")
+    if not isinstance(model, DictConfig) or not model.get("dim"):
+        return
+    dim = model.dim
+    own = node.num_heads is not None
+    heads, heads_key = (node.num_heads, "attention.num_heads") if own else (model.get("num_heads"), "model.num_heads")
+    if not heads:
+        return
+    _need(heads >= 1, heads_key, heads, "must be ≥ 1")
+    _need(dim % heads == 0, heads_key, heads, f"ConvNN's heads must divide the width model.dim={dim}")
+    width = dim if branch == "none" else round(dim * ratio)  # channels through ConvNN
+    if branch != "none":
+        split = [("ConvNN", width)] if layout == "split" else []
+        split += [("attention", dim - width)] if branch == "attention" else []
+        for part, channels in split:
+            ok = channels == 0 or channels % heads == 0
+            _need(ok, heads_key, heads, f"must divide the {part} branch's {channels} channels (branch_ratio={ratio})")
+    if layout == "v_d_over_h2" and width:
+        _need(width // heads**2 >= 1, heads_key, heads, f"leaves V no channels ({width} // {heads}² = 0)")
+    tokens = token_count(model)
+    if not tokens or not width:
+        return
+    side = math.isqrt(tokens)
+    extra, patches = tokens - side * side, side * side  # the class token, the square grid of patches
+    against, what = tokens, "all tokens"
+    if node.sampling != "all":
+        _need(node.samples <= patches, "attention.samples", node.samples, f"at most the {patches} patches")
+        against = extra + min(math.isqrt(node.samples), side) ** 2  # the spatial sub-grid (random's eval subset)
+        what = f"the {node.sampling} sample"
+    _need(K <= against, "attention.K", K, f"must not exceed the {against} tokens the similarity is computed against ({what})")
 
 
 def validate(cfg: DictConfig, choices: dict | None = None) -> None:
