@@ -290,24 +290,35 @@ def summary(cfg: DictConfig, run_dir: str) -> dict:
     """Parameters, GFLOPs per image and tokens, without data or training."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from attnexp.layers.block import TransformerBlock
+
+    from attnexp.layers.attention import Attention
+
     model = build_model(cfg).eval()
+    for m in model.modules():  # the FLOP counter cannot see inside CPU fused attention kernels
+        if isinstance(m, Attention) and m.reattn is None:
+            m.fused = False
     size, channels = cfg.model.get("image_size") or cfg.data.image_size, cfg.data.in_channels
     x = torch.zeros(1, channels, size, size)
+    tokens = []  # the sequence length entering the first transformer block (class token included)
+    blocks = [m for m in model.modules() if isinstance(m, TransformerBlock)]
+    hook = blocks[0].register_forward_pre_hook(lambda m, args: tokens.append(args[0].shape[1])) if blocks else None
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
-    tokenizer = getattr(model, "tokenizer", None)
+    if hook is not None:
+        hook.remove()
     info = {
         "model": _choices().get("model") or cfg.model.get("official_name"),
         "official_name": cfg.model.get("official_name"),
         "attention": _choices().get("attention"),
         "params": trainable_parameters(model),
         "gflops_per_image": counter.get_total_flops() / 1e9,
-        "tokens": tokenizer.sequence_length(channels, size) if tokenizer is not None else None,
+        "tokens": tokens[0] if tokens else None,
         "image_size": size,
     }
     print(
         f"{info['model']}: {info['params']:,} trainable parameters, "
-        f"{info['gflops_per_image']:.3f} GFLOPs/img, {info['tokens']} tokens"
+        f"{info['gflops_per_image']:.3f} GFLOPs/img" + (f", {info['tokens']} tokens" if info["tokens"] else "")
     )
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     (Path(run_dir) / "summary.json").write_text(json.dumps(info, indent=2) + "\n")

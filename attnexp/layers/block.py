@@ -119,5 +119,6 @@ def attention_per_block(attn_layer: Callable[..., nn.Module], depth: int, **defa
     chosen = bind_attention(attn_layer, **defaults)
     if layers is None:
         return [chosen] * depth
-    plain = bind_attention(functools.partial(Attention, impl=keywords.get("impl", "auto")), **defaults)
+    plain_keywords = {k: keywords[k] for k in ("impl", "qkv_bias") if keywords.get(k) is not None}
+    plain = bind_attention(functools.partial(Attention, **plain_keywords), **defaults)
     return [chosen if i in set(layers) else plain for i in range(depth)]
