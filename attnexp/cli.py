@@ -269,7 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     if not multirun:
         task()
         return
-    sys.exit(run_sweep(argv, overrides, cfg))
+    code = run_sweep(argv, overrides, cfg)
+    if code:
+        sys.exit(code)
 
 
 def run_sweep(argv: list[str], overrides: list[str], cfg: DictConfig) -> int:
@@ -285,6 +287,11 @@ def run_sweep(argv: list[str], overrides: list[str], cfg: DictConfig) -> int:
         fail(str(e))
     if cfg.sweep.dry_run:
         sweep.dry_run(sweep_dir, jobs)
+        if not any(_has([a], "hydra.sweep.dir") for a in argv):
+            try:  # the name was claimed (created empty) for this sweep: give it back
+                os.removedirs(sweep_dir)
+            except OSError:
+                pass
         return 0
     again = [a for a in argv if not _has([a], "hydra.sweep.dir") and not _has([a], "sweep.resume")]
     resume = shlex.join(["attnexp"] + again + [f"hydra.sweep.dir={sweep_dir}", "sweep.resume=true"])

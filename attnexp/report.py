@@ -1,0 +1,611 @@
+"""`attnexp-report`: the seeds of every variant → one table with honest statistics, and curves.
+
+    attnexp-report multirun/<date>/<time>_seqpool_lines --baseline seqpool=x --anchors seed000
+
+Finds run folders (metrics.json, tb/, .hydra/) below the given paths, reads their
+scalars from the TensorBoard event files (tbparse), groups the runs by every
+override except the seed and bookkeeping keys, and writes report.md, report.csv,
+curves.png (and trend.png with --x). Jobs that did not finish are listed with
+their status, never averaged in. No torch here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean, stdev
+
+from attnexp.rundir import read_metrics
+
+BOOKKEEPING = {"seed", "ckpt_path", "trainer.progress_bar"}  # never tell two variants apart
+BOOKKEEPING_PREFIXES = ("hydra.", "hydra/", "sweep.")
+LOSS_TAG = "train/loss"
+CONFIDENCE = 0.95
+
+# seed 003's table names: model choice → "Model Type", data choice → "Dataset" (in the seed's row order)
+MODEL_TYPES = {"cnn": "CNN", "vit": "ViT", "deepvit": "DeepViTNet", "hybrid": "Hybrid"}
+DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
+
+
+class ReportError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- runs
+
+
+@dataclass
+class Run:
+    dir: Path
+    status: str  # metrics.json's status; "not started" for a planned job without a folder
+    reason: str = ""
+    key: tuple = ()  # ((override key, value), ...) sorted, seed and bookkeeping left out
+    seed: int | None = None
+    choices: dict = field(default_factory=dict)  # Hydra's runtime choices, defaults included
+    config: object = None  # the job's DictConfig (.hydra/config.yaml)
+    metrics: dict = field(default_factory=dict)  # metrics.json
+    curves: dict = field(default_factory=dict)  # TensorBoard tag → {epoch: value}
+
+    def value(self, key: str) -> str | None:
+        """A key's value as the run saw it: its override, its group choice, or its config value."""
+        overridden = dict(self.key)
+        if key in overridden:
+            return overridden[key]
+        if key in self.choices:
+            return str(self.choices[key])
+        if self.config is not None:
+            from omegaconf import OmegaConf
+
+            found = OmegaConf.select(self.config, key, throw_on_resolution_failure=False)
+            return None if found is None else str(found)
+        return None
+
+
+def _split(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def group_key(overrides: list[str]) -> tuple:
+    pairs = (_split(o) for o in overrides)
+    return tuple(sorted((k, v) for k, v in pairs if k not in BOOKKEEPING and not k.startswith(BOOKKEEPING_PREFIXES)))
+
+
+def read_curves(tb_dir: Path, tags: tuple[str, ...]) -> dict[str, dict[int, float]]:
+    """Each tag's values by epoch (1-based), from every event file of the run."""
+    if not tb_dir.is_dir():
+        return {}
+    from tbparse import SummaryReader
+
+    df = SummaryReader(str(tb_dir), extra_columns={"wall_time"}).scalars
+    if df.empty:
+        return {}
+    # a resumed run logs the steps after its checkpoint again: the latest write wins
+    df = df.sort_values("wall_time").drop_duplicates(["tag", "step"], keep="last")
+    epoch_at = df[df.tag == "epoch"].groupby("step").value.max()  # Lightning logs the 0-based epoch with every write
+    curves = {}
+    for tag in tags:
+        rows = df[df.tag == tag].sort_values("step")
+        if rows.empty:
+            continue
+        epochs = [int(epoch_at[s]) + 1 if s in epoch_at.index else i + 1 for i, s in enumerate(rows.step)]
+        curves[tag] = dict(zip(epochs, rows.value.astype(float)))
+    return curves
+
+
+def load_run(folder: Path, metric: str) -> Run:
+    from omegaconf import OmegaConf
+
+    hydra_dir = folder / ".hydra"
+    config = OmegaConf.load(hydra_dir / "config.yaml")
+    overrides = list(OmegaConf.load(hydra_dir / "overrides.yaml")) if (hydra_dir / "overrides.yaml").is_file() else []
+    choices = {}
+    if (hydra_dir / "hydra.yaml").is_file():
+        choices = dict(OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"), "hydra.runtime.choices") or {})
+    metrics = read_metrics(folder)
+    return Run(
+        dir=folder,
+        status=metrics.get("status") or "started",
+        reason=str(metrics.get("reason") or ""),
+        key=group_key(overrides),
+        seed=config.get("seed"),
+        choices={k: v for k, v in choices.items() if not k.startswith("hydra")},
+        config=config,
+        metrics=metrics,
+        curves=read_curves(folder / "tb", (metric, LOSS_TAG)),
+    )
+
+
+def find_runs(paths: list[str], metric: str) -> list[Run]:
+    """Every training run below the paths, plus the planned jobs of a sweep (sweep.json) that never started."""
+    from attnexp.sweep import read_manifest
+
+    runs: dict[Path, Run] = {}
+    for p in paths:
+        root = Path(p)
+        if not root.is_dir():
+            raise ReportError(f"{p}: no such folder")
+        candidates = [root / ".hydra" / "config.yaml", *root.rglob("config.yaml")]
+        for c in (c for c in candidates if c.parent.name == ".hydra" and c.is_file()):
+            folder = c.parent.parent.resolve()
+            if folder not in runs:
+                run = load_run(folder, metric)
+                if run.config.get("mode", "train") == "train":
+                    runs[folder] = run
+        for manifest in [root / "sweep.json", *root.rglob("sweep.json")]:
+            for job in read_manifest(manifest.parent):
+                folder = (manifest.parent / job.dir).resolve()
+                if folder not in runs and not (folder / ".hydra").is_dir():
+                    seed = dict(_split(o) for o in job.overrides).get("seed")
+                    why = "the launcher never started it"
+                    runs[folder] = Run(folder, "not started", why, group_key(job.overrides), seed)
+    return sorted(runs.values(), key=lambda r: (r.key, str(r.seed), str(r.dir)))
+
+
+# ---------------------------------------------------------------- statistics
+
+
+@dataclass
+class Stats:
+    n: int
+    mean: float
+    std: float | None  # sample standard deviation (n − 1); None for one run
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> "Stats":
+        return cls(len(values), mean(values), stdev(values) if len(values) > 1 else None, min(values), max(values))
+
+
+def welch_interval(a: list[float], b: list[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """mean(a) − mean(b) and its Welch-t confidence interval (unequal variances); NaN bounds when
+    either side has fewer than two runs or neither has any spread."""
+    diff = mean(a) - mean(b)
+    if len(a) < 2 or len(b) < 2 or (stdev(a) == 0 and stdev(b) == 0):
+        return diff, math.nan, math.nan
+    import warnings
+
+    from scipy.stats import ttest_ind
+
+    with warnings.catch_warnings():  # near-identical samples: scipy warns, the interval is still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ci = ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
+    return diff, float(ci.low), float(ci.high)
+
+
+def verdict(low: float, high: float, higher_is_better: bool) -> str:
+    if math.isnan(low) or math.isnan(high):
+        return "can't tell"
+    if low > 0 or high < 0:
+        return "better" if (low > 0) == higher_is_better else "worse"
+    return "can't tell"
+
+
+# ---------------------------------------------------------------- groups
+
+
+@dataclass
+class Group:
+    key: tuple
+    runs: list[Run]  # finished runs that logged the metric
+    label: str = ""
+
+    def first(self) -> Run:
+        return self.runs[0]
+
+    def values(self, which: str, metric: str) -> list[float]:
+        lower = "loss" in metric
+        out = []
+        for r in self.runs:
+            curve = r.curves[metric]
+            out.append((min if lower else max)(curve.values()) if which == "best" else curve[max(curve)])
+        return out
+
+
+def make_groups(runs: list[Run], metric: str) -> list[Group]:
+    by_key: dict[tuple, list[Run]] = {}
+    for r in runs:
+        if r.status == "done" and metric in r.curves:
+            by_key.setdefault(r.key, []).append(r)
+    groups = [Group(k, v) for k, v in by_key.items()]
+    varying = varying_keys([g.key for g in groups])
+    for g in groups:
+        d = dict(g.key)
+        g.label = ", ".join(f"{k}={d[k]}" for k in varying if k in d) or "all runs"
+    return groups
+
+
+def varying_keys(keys: list[tuple]) -> list[str]:
+    """Override keys whose value is not the same in every group (in order of first appearance)."""
+    dicts = [dict(k) for k in keys]
+    names = list(dict.fromkeys(name for d in dicts for name in d))
+    return [n for n in names if len({d.get(n) for d in dicts}) > 1]
+
+
+def parse_pairs(specs: list[str] | None, flag: str) -> dict[str, str]:
+    pairs = {}
+    for spec in specs or []:
+        for item in spec.split():
+            if "=" not in item:
+                raise ReportError(f"{flag} {item}: expected KEY=VALUE (e.g. {flag} seqpool=x)")
+            k, v = _split(item)
+            pairs[k] = v
+    return pairs
+
+
+def baselines_for(groups: list[Group], spec: dict[str, str]) -> dict[int, Group | None]:
+    """For each group, the baseline group it is compared with: one matching every KEY=VALUE of the
+    spec and, among those, the one agreeing with it on the other varying keys (a grid's own row)."""
+    if not spec:
+        return {id(g): None for g in groups}
+    matching = [g for g in groups if all(g.first().value(k) == v for k, v in spec.items())]
+    others = [k for k in varying_keys([g.key for g in groups]) if k not in spec]
+    chosen = {}
+    for g in groups:
+        agree = [b for b in matching if all(b.first().value(k) == g.first().value(k) for k in others)]
+        chosen[id(g)] = (agree or matching or [None])[0]
+    return chosen
+
+
+# ---------------------------------------------------------------- anchors
+
+
+def load_anchors(name: str | None) -> dict | None:
+    """A small YAML of published numbers: a path, or the name of one shipped in conf/anchors/."""
+    if not name:
+        return None
+    import yaml
+
+    path = Path(name)
+    if not path.is_file():
+        from importlib.resources import files
+
+        shipped = files("attnexp.conf").joinpath("anchors", f"{name}.yaml")
+        if not shipped.is_file():
+            raise ReportError(f"--anchors {name}: no such file (shipped: {', '.join(shipped_anchors())})")
+        path = Path(str(shipped))
+    body = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(body.get("published"), dict) or "key" not in body:
+        raise ReportError(f"--anchors {name}: needs `key:` (the choice) and `published:` (choice → list of numbers)")
+    return body
+
+
+def shipped_anchors() -> list[str]:
+    from importlib.resources import files
+
+    folder = files("attnexp.conf").joinpath("anchors")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def published(anchors: dict | None, group: Group) -> str:
+    if not anchors:
+        return ""
+    entries = anchors["published"].get(group.first().value(anchors["key"])) or []
+    out = []
+    for e in entries:
+        number = f"{e['best']:.2f}" + (f" / {e['final']:.2f}" if e.get("final") is not None else "")
+        out.append(number + (f" ({e['source']})" if e.get("source") else ""))
+    return "; ".join(out)
+
+
+# ---------------------------------------------------------------- the table
+
+
+def _pm(s: Stats) -> str:
+    return f"{s.mean:.2f} ± {s.std:.2f}" if s.std is not None else f"{s.mean:.2f}"
+
+
+def _span(values: list) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:,}" if lo == hi else f"{lo:,}–{hi:,}"
+
+
+def _delta(d: tuple[float, float, float]) -> str:
+    diff, lo, hi = d
+    return f"{diff:+.2f}" + ("" if math.isnan(lo) else f" [{lo:+.2f}, {hi:+.2f}]")
+
+
+def table_rows(groups: list[Group], metric: str, baselines: dict, anchors: dict | None) -> list[dict]:
+    higher_is_better = "loss" not in metric
+    keys = varying_keys([g.key for g in groups])
+    rows = []
+    for g in groups:
+        best, final = Stats.of(g.values("best", metric)), Stats.of(g.values("final", metric))
+        epochs = [max(r.curves[metric]) for r in g.runs]
+        timed = [r.metrics for r in g.runs if r.metrics.get("wall_time_s") and r.metrics.get("epochs")]
+        per_epoch = [m["wall_time_s"] / m["epochs"] for m in timed]
+        params = [r.metrics["params"] for r in g.runs if r.metrics.get("params")]
+        row = {"group": g.label, **{k: dict(g.key).get(k, "") for k in keys}, "n": best.n}
+        for which, s in (("best", best), ("final", final)):
+            row |= {f"{which}_mean": s.mean, f"{which}_std": s.std, f"{which}_min": s.min, f"{which}_max": s.max}
+        row |= {
+            "epochs": _span(epochs),
+            "s_per_epoch": round(mean(per_epoch), 2) if per_epoch else None,
+            "params": _span(params) if params else "",
+        }
+        base = baselines.get(id(g))
+        for which in ("best", "final"):
+            if base is None or base is g:
+                row |= {f"d_{which}": None, f"d_{which}_low": None, f"d_{which}_high": None}
+                row[f"verdict_{which}"] = "baseline" if base is g else ""
+                continue
+            d = welch_interval(g.values(which, metric), base.values(which, metric))
+            row |= {f"d_{which}": d[0], f"d_{which}_low": d[1], f"d_{which}_high": d[2]}
+            row[f"verdict_{which}"] = verdict(d[1], d[2], higher_is_better)
+        row["published"] = published(anchors, g)
+        row["_best"], row["_final"] = best, final
+        rows.append(row)
+    return rows
+
+
+def markdown_table(header: list[str], lines: list[list[str]], right: set[int] = frozenset()) -> str:
+    rule = ["---:" if i in right else "---" for i in range(len(header))]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, rule, *lines])
+
+
+def render(rows: list[dict], metric: str, spec: dict, anchors: dict | None, unfinished: list[Run], plots: list[str]) -> str:
+    name = "top-1" if metric.endswith("acc1") else metric
+    compare = bool(spec)
+    header = ["choices", "n", f"best {name}", "(min–max)", f"final {name}", "(min–max)", "epochs", "s/epoch", "params"]
+    if compare:
+        header += ["Δ best (95 % CI)", "verdict", "Δ final (95 % CI)", "verdict"]
+    if anchors:
+        header += ["published best / final"]
+    lines = []
+    for r in rows:
+        b, f = r["_best"], r["_final"]
+        cells = [r["group"], str(r["n"]), _pm(b), f"{b.min:.2f}–{b.max:.2f}", _pm(f), f"{f.min:.2f}–{f.max:.2f}",
+                 r["epochs"], "" if r["s_per_epoch"] is None else f"{r['s_per_epoch']:.1f}", r["params"]]
+        if compare:
+            for which in ("best", "final"):
+                if r[f"d_{which}"] is None:
+                    cells += ["—", r[f"verdict_{which}"]]
+                else:
+                    cells += [_delta((r[f"d_{which}"], r[f"d_{which}_low"], r[f"d_{which}_high"])), r[f"verdict_{which}"]]
+        if anchors:
+            cells.append(r["published"])
+        lines.append(cells)
+    out = [f"# attnexp report: {metric}", ""]
+    notes = [
+        "mean ± sample std over seeds (n = finished runs), best = best epoch, final = last epoch, "
+        f"from TensorBoard `{metric}`."
+    ]
+    if compare:
+        notes.append(
+            f"Δ = group mean − baseline mean ({', '.join(f'{k}={v}' for k, v in spec.items())}), "
+            f"with a {CONFIDENCE:.0%} Welch-t confidence interval (unequal variances): "
+            "better / worse when the interval excludes 0, can't tell otherwise (or with fewer than 2 runs a side)."
+        )
+    if anchors:
+        notes.append(f"published: {anchors.get('setting', 'reported numbers')} (from the anchors file).")
+    out += [f"- {n}" for n in notes] + [""]
+    out.append(markdown_table(header, lines, right={1, 2, 4, 7, 8}) if lines else f"(no finished run logged `{metric}`)")
+    if unfinished:
+        out += ["", f"## Not in the statistics ({len(unfinished)} jobs)", ""]
+        listed = []
+        for r in unfinished:
+            why = r.reason or (f"no `{metric}` logged" if r.status == "done" else "")
+            listed.append([_short(r.dir), r.status, str(r.metrics.get("epochs") or 0), why])
+        out.append(markdown_table(["job", "status", "epochs", "reason"], listed))
+    for p in plots:
+        out += ["", f"![{Path(p).stem}]({Path(p).name})"]
+    return "\n".join(out) + "\n"
+
+
+def _short(path: Path) -> str:
+    parts = path.parts
+    return "/".join(parts[-2:]) if len(parts) >= 2 else str(path)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    fields = [k for k in rows[0] if not k.startswith("_")] if rows else ["group"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r[k] is None else r[k]) for k in fields})
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _band(runs: list[Run], tag: str):
+    """(epochs, mean, min, max) over the runs; a run missing an epoch does not count there."""
+    import numpy as np
+
+    epochs = sorted({e for r in runs for e in r.curves.get(tag, {})})
+    grid = np.array([[r.curves.get(tag, {}).get(e, np.nan) for e in epochs] for r in runs], dtype=float)  # (runs, epochs)
+    return epochs, np.nanmean(grid, 0), np.nanmin(grid, 0), np.nanmax(grid, 0)
+
+
+def plot_curves(groups: list[Group], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for i, g in enumerate(groups):
+        color = f"C{i % 10}"
+        for ax, tag in zip(axes, (metric, LOSS_TAG)):
+            epochs, m, lo, hi = _band(g.runs, tag)
+            if not epochs:
+                continue
+            ax.plot(epochs, m, color=color, marker="o" if len(epochs) < 4 else None, label=f"{g.label} (n={len(g.runs)})")
+            ax.fill_between(epochs, lo, hi, color=color, alpha=0.2, linewidth=0)
+    axes[0].set(xlabel="epoch", ylabel=metric, title=f"{metric}: mean over seeds, band = min–max")
+    axes[1].set(xlabel="epoch", ylabel=LOSS_TAG, title=f"{LOSS_TAG}: mean over seeds, band = min–max")
+    axes[0].legend(fontsize="small")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_trend(groups: list[Group], metric: str, x: str, baselines: dict, path: Path) -> bool:
+    """Best and final metric against a numeric choice: mean ± std per value, the baseline as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def number(g: Group) -> float | None:
+        try:
+            return float(g.first().value(x))
+        except (TypeError, ValueError):
+            return None
+
+    others = [k for k in varying_keys([g.key for g in groups]) if k != x]
+    series: dict[str, list[Group]] = {}
+    for g in groups:
+        if number(g) is not None:
+            series.setdefault(", ".join(f"{k}={dict(g.key).get(k, '')}" for k in others) or x, []).append(g)
+    if not series:
+        return False
+    refs = {id(b): b for b in baselines.values() if b is not None}.values()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, which in zip(axes, ("best", "final")):
+        for i, (label, members) in enumerate(series.items()):
+            members = sorted(members, key=number)
+            stats = [Stats.of(g.values(which, metric)) for g in members]
+            ax.errorbar([number(g) for g in members], [s.mean for s in stats], yerr=[s.std or 0 for s in stats],
+                        marker="o", capsize=3, color=f"C{i % 10}", label=label)
+        for j, b in enumerate(refs):
+            s = Stats.of(b.values(which, metric))
+            label = f"baseline {b.label} (n={s.n})" if j == 0 else None
+            ax.axhline(s.mean, color="k", linestyle="--", linewidth=1, label=label)
+            if s.std:
+                ax.axhspan(s.mean - s.std, s.mean + s.std, color="k", alpha=0.08)
+        ax.set(xlabel=x, ylabel=f"{which} {metric}", title=f"{which} {metric}: mean ± std over seeds")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ---------------------------------------------------------------- seed 003's table
+
+
+def seed003_table(runs: list[Run], metric: str) -> tuple[list[str], list[list[str]], str]:
+    """Model Type | Dataset | Max Accuracy | Average Inference Time (ms) | Parameters, in the seed's order."""
+    cells: dict[tuple[str, str], list[Run]] = {}
+    for r in runs:
+        if r.status == "done" and metric in r.curves:
+            cells.setdefault((r.choices.get("model", "?"), r.choices.get("data", "?")), []).append(r)
+
+    def model_type(choice: str) -> str:
+        base = choice.removesuffix("_seed003")
+        return MODEL_TYPES.get(base, base) + (" (seed 003)" if base != choice else "")
+
+    def order(item) -> tuple:
+        (model, data), _ = item
+        base = model.removesuffix("_seed003")
+        rank = list(MODEL_TYPES).index(base) if base in MODEL_TYPES else len(MODEL_TYPES)
+        drank = list(DATASETS).index(data) if data in DATASETS else len(DATASETS)
+        return rank, base, model, drank, data
+
+    header = ["Model Type", "Dataset", "Max Accuracy", "Average Inference Time (ms)", "Parameters"]
+    lines, batches, seeds = [], set(), set()
+    for (model, data), members in sorted(cells.items(), key=order):
+        best = mean(max(r.curves[metric].values()) for r in members)
+        ms = [r.metrics["inference_ms_per_batch"] for r in members if r.metrics.get("inference_ms_per_batch") is not None]
+        batches |= {r.metrics.get("inference_batch_size") for r in members if r.metrics.get("inference_batch_size")}
+        params = [r.metrics["params"] for r in members if r.metrics.get("params")]
+        seeds.add(len(members))
+        timing = f"{mean(ms):.2f}" if ms else ""
+        lines.append([model_type(model), DATASETS.get(data, data), f"{best:.2f}", timing, _span(params) if params else ""])
+    note = (
+        f"Max Accuracy: best `{metric}` over the epochs"
+        + (" (mean over seeds)" if seeds - {1} else "")
+        + "; Average Inference Time: ms per evaluation batch"
+        + (f" of {', '.join(str(b) for b in sorted(batches))} images" if batches else "")
+        + ", after warm-up, on the training device; Parameters: trainable."
+    )
+    return header, lines, note
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="attnexp-report",
+        description="Summarise runs and sweeps: mean ± std over seeds per group of choices, "
+        "a Welch-t comparison against a baseline, and learning curves.",
+    )
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="sweep or run folders (searched recursively)")
+    p.add_argument("--baseline", action="append", metavar="KEY=VALUE",
+                   help="the group to compare against, e.g. seqpool=x (repeatable)")
+    p.add_argument("--metric", default="val/acc1", help="TensorBoard tag to summarise (default: val/acc1)")
+    p.add_argument("--out", help="folder for report.md, report.csv and the PNGs (default: the first DIR)")
+    p.add_argument("--anchors", metavar="FILE",
+                   help="published numbers (YAML), or a shipped name: " + ", ".join(shipped_anchors()))
+    p.add_argument("--x", metavar="KEY", help="a numeric choice (e.g. alpha.value): draw trend.png against it")
+    p.add_argument("--table", choices=["seed003"],
+                   help="print a fixed-format table instead (seed003: Model Type | Dataset | ...)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return report(args)
+    except ReportError as e:
+        print(f"attnexp-report: error: {e}", file=sys.stderr)
+        return 2
+
+
+def report(args: argparse.Namespace) -> int:
+    spec = parse_pairs(args.baseline, "--baseline")
+    anchors = load_anchors(args.anchors)
+    out = Path(args.out or args.dirs[0])
+    runs = find_runs(args.dirs, args.metric)
+    if not runs:
+        raise ReportError(f"no run folders (with .hydra/config.yaml) under {', '.join(args.dirs)}")
+    out.mkdir(parents=True, exist_ok=True)
+    if args.table == "seed003":
+        header, lines, note = seed003_table(runs, args.metric)
+        text = markdown_table(header, lines, right={2, 3, 4}) + "\n\n" + note + "\n"
+        (out / "seed003.md").write_text(text)
+        with open(out / "seed003.csv", "w", newline="") as f:
+            csv.writer(f).writerows([header, *lines])
+        print(text, end="")
+        return 0
+
+    groups = make_groups(runs, args.metric)
+    baselines = baselines_for(groups, spec)
+    if spec and groups and not any(b is not None for b in baselines.values()):
+        wanted, labels = " ".join(f"{k}={v}" for k, v in spec.items()), "; ".join(g.label for g in groups)
+        raise ReportError(f"--baseline {wanted}: no group matches (groups: {labels})")
+    groups.sort(key=lambda g: baselines.get(id(g)) is not g)  # baseline rows first, then by choices
+    rows = table_rows(groups, args.metric, baselines, anchors)
+    grouped = {id(r) for g in groups for r in g.runs}
+    unfinished = [r for r in runs if id(r) not in grouped]
+    plots = []
+    if groups:
+        plot_curves(groups, args.metric, out / "curves.png")
+        plots.append(str(out / "curves.png"))
+        if args.x and plot_trend(groups, args.metric, args.x, baselines, out / "trend.png"):
+            plots.append(str(out / "trend.png"))
+        elif args.x:
+            print(f"attnexp-report: --x {args.x}: no group has a numeric value for it; no trend.png", file=sys.stderr)
+    text = render(rows, args.metric, spec, anchors, unfinished, plots)
+    (out / "report.md").write_text(text)
+    write_csv(rows, out / "report.csv")
+    print(text, end="")
+    print(f"\nwrote {out / 'report.md'}, {out / 'report.csv'}" + "".join(f", {p}" for p in plots))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

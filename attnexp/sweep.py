@@ -1,0 +1,323 @@
+"""Sweeps that survive real clusters: the job plan, the dry run, resuming, the end-of-sweep summary.
+
+Hydra launches the jobs (basic, joblib, submitit). Before it does, the CLI asks
+`plan()` for every job and its folder and writes them to `<sweep>/sweep.json`,
+so a job that never started — its pool was killed before dispatching it — is
+still reported, and `sweep.resume=true` knows what is left. No torch at import:
+the summary callback is instantiated in every Hydra process.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from attnexp.rundir import atomic_write_text, read_metrics
+
+MANIFEST = "sweep.json"
+DONE_STATES = ("done", "skipped")
+
+# Training images per epoch of the real datasets, for the dry run's estimate (no dataset is read)
+TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "mnist": 60_000, "digits": 1_438}
+TEST_IMAGES = {"cifar10": 10_000, "cifar100": 10_000, "mnist": 10_000, "digits": 359}
+PROBE_BATCH = 16  # images per timed step: cheap on a CPU, still a real step
+TIMED_STEPS = 3  # after one warm-up step
+
+
+@dataclass
+class Job:
+    overrides: list[str]  # this job's task overrides, as the sweeper hands them to the launcher
+    dir: str  # its folder, relative to the sweep folder
+
+
+# ---------------------------------------------------------------- the plan
+
+
+def _split_hydra(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """(task overrides, hydra.* overrides): Hydra keeps the second out of every job's list."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    task = [o.input_line for o in parsed if not o.is_hydra_override()]
+    hydra = [o.input_line for o in parsed if o.is_hydra_override()]
+    return task, hydra
+
+
+def job_overrides(task: list[str], sweeper_params: dict | None = None) -> list[list[str]]:
+    """Every job's task overrides in the basic sweeper's order (its own splitting, so they match)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{k}={v}" for k, v in (sweeper_params or {}).items()]
+    parsed = OverridesParser.create().parse_overrides(params + task)
+    return BasicSweeper.split_arguments(parsed, None)[0]
+
+
+def _subdir(cfg: DictConfig) -> str:
+    """hydra.sweep.subdir of one composed job (it reads `${hydra:...}`, so HydraConfig must hold the job)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    holder = HydraConfig.instance()
+    saved = holder.cfg
+    holder.set_config(cfg)
+    try:
+        return str(cfg.hydra.sweep.subdir)
+    finally:
+        holder.cfg = saved
+
+
+def plan(overrides: list[str], compose) -> tuple[str, list[tuple[Job, DictConfig]]]:
+    """(sweep folder, [(job, its composed config)]) of `attnexp -m <overrides>`, where
+    `compose(overrides, return_hydra_config=True)` is the CLI's composer. Each job is
+    composed to name its folder exactly as Hydra will (its subdir may read any value)."""
+    task, hydra = _split_hydra(overrides)
+    jobs_of_cli = job_overrides(task)
+    first = compose(hydra + jobs_of_cli[0], return_hydra_config=True)
+    sweep_dir = str(first.hydra.sweep.dir)
+    # an experiment preset may sweep too (hydra.sweeper.params), as the sweeper will
+    params = first.hydra.sweeper.get("params")
+    planned = job_overrides(task, OmegaConf.to_container(params)) if params else jobs_of_cli
+    jobs = []
+    for job in planned:
+        cfg = compose(hydra + list(job), return_hydra_config=True)
+        jobs.append((Job(list(job), _subdir(cfg)), cfg))
+    return sweep_dir, jobs
+
+
+def write_manifest(sweep_dir: str, jobs: list[Job], command: str) -> None:
+    """The sweep's job list; a resumed sweep with new jobs keeps the old ones too."""
+    path = Path(sweep_dir) / MANIFEST
+    known = {j.dir: j for j in read_manifest(sweep_dir)}
+    known.update({j.dir: j for j in jobs})
+    body = {"command": command, "jobs": [asdict(j) for j in known.values()]}
+    atomic_write_text(path, json.dumps(body, indent=2) + "\n")
+
+
+def read_manifest(sweep_dir: str | os.PathLike) -> list[Job]:
+    try:
+        body = json.loads((Path(sweep_dir) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return []
+    return [Job(**j) for j in body.get("jobs", [])]
+
+
+# ---------------------------------------------------------------- job states
+
+
+def job_state(run_dir: Path, since: float | None = None) -> tuple[str, str]:
+    """(done | skipped | failed | incomplete, reason) of one job folder.
+
+    skipped: done before this invocation started (a resumed sweep left it alone).
+    incomplete: never started, killed (still `running` on disk), or interrupted —
+    what `sweep.resume=true` picks up.
+    """
+    try:
+        return _job_state(run_dir, since)
+    except OSError as e:  # e.g. a folder name the file system refused
+        return "incomplete", f"unreadable folder ({e.strerror})"
+
+
+def _job_state(run_dir: Path, since: float | None) -> tuple[str, str]:
+    metrics = read_metrics(run_dir)
+    status = metrics.get("status")
+    if status is None and (run_dir / "summary.json").is_file():  # mode=summary jobs write no metrics.json
+        return "done", ""
+    if status == "done":
+        stamp = (run_dir / "metrics.json").stat().st_mtime
+        return ("skipped" if since is not None and stamp < since else "done"), ""
+    reason = str(metrics.get("reason") or "")
+    if status in ("failed", "diverged"):
+        return "failed", f"{status}: {reason}" if status == "diverged" else reason
+    if status == "interrupted":
+        return "incomplete", f"interrupted ({reason})" if reason else "interrupted"
+    if status == "running":
+        last = metrics.get("epochs")
+        return "incomplete", f"stopped while running (killed?) after epoch {last or 0}"
+    if not run_dir.is_dir():
+        return "incomplete", "never started"
+    return "incomplete", "started, no metrics.json yet"
+
+
+def sweep_states(sweep_dir: str | os.PathLike, since: float | None = None) -> list[tuple[str, str, str]]:
+    """(job folder, state, reason) for every job of the manifest (or every folder holding .hydra)."""
+    root = Path(sweep_dir)
+    dirs = [j.dir for j in read_manifest(root)]
+    if not dirs:
+        dirs = sorted(str(p.parent.relative_to(root)) for p in root.rglob(".hydra") if p.parent != root)
+    return [(d, *job_state(root / d, since)) for d in dirs]
+
+
+def format_summary(sweep_dir: str, states: list[tuple[str, str, str]]) -> str:
+    counts = {s: sum(1 for _, state, _ in states if state == s) for s in ("done", "skipped", "failed", "incomplete")}
+    lines = [f"sweep {sweep_dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" (of {len(states)} jobs)"]
+    width = max((len(d) for d, _, _ in states), default=0)
+    for d, state, reason in states:
+        lines.append(f"  {state:<10} {d:<{width}}  {reason}".rstrip())
+    return "\n".join(lines)
+
+
+_summarized: set[str] = set()  # sweep folders whose summary the callback printed (same process as main)
+
+
+def summarize(sweep_dir: str, since: float | None) -> list[tuple[str, str, str]]:
+    states = sweep_states(sweep_dir, since)
+    print(format_summary(sweep_dir, states), flush=True)
+    _summarized.add(os.path.abspath(sweep_dir))
+    return states
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun: done / failed / skipped / incomplete per job, from each metrics.json.
+
+    Runs in the launching process, after every job returned (joblib, submitit
+    included). A launcher that raises (a pool killed by SIGKILL) skips this
+    hook; the CLI then prints the same summary itself.
+    """
+
+    def __init__(self):
+        self.started: float | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.started = time.time()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        summarize(str(config.hydra.sweep.dir), self.started)
+
+
+def finish(sweep_dir: str, started: float, resume_command: str) -> int:
+    """The sweep's exit code: 1 when any job is not done (failed or incomplete), printing how to resume."""
+    if os.path.abspath(sweep_dir) in _summarized:
+        states = sweep_states(sweep_dir, started)
+    else:
+        states = summarize(sweep_dir, started)
+    left = [s for s in states if s[1] not in DONE_STATES]
+    if not left:
+        return 0
+    print(f"attnexp: {len(left)} of {len(states)} jobs not done; to re-run them:\n  {resume_command}", file=sys.stderr)
+    return 1
+
+
+# ---------------------------------------------------------------- inside a job
+
+
+def requeued() -> bool:
+    """A SLURM job started again after preemption or a time-out (submitit requeues the same overrides)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+
+
+def use_platform_start_method() -> None:
+    """Inside a joblib (loky) worker the default multiprocessing context is loky's, which cannot
+    start DataLoader workers; put back the platform's own (fork on Linux) for this job's process."""
+    if multiprocessing.get_start_method(allow_none=True) == "loky":
+        multiprocessing.set_start_method(multiprocessing.get_all_start_methods()[0], force=True)
+
+
+# ---------------------------------------------------------------- the dry run
+
+
+def _images(cfg: DictConfig, train: bool) -> int:
+    """Images one training epoch (or one evaluation) goes through, from the config alone."""
+    d, t = cfg.data, cfg.trainer
+    n_train = d.get("train_size") or TRAIN_IMAGES.get(d.name, 0)
+    n_held = round(n_train * (d.get("val_split") or 0))  # a held-out part of train replaces the test split
+    n = n_train - n_held if train else (n_held or d.get("test_size") or TEST_IMAGES.get(d.name, 0))
+    limit, batch = (t.limit_train_batches, d.batch_size) if train else (t.limit_val_batches, d.eval_batch_size)
+    if limit is None:
+        return n
+    if isinstance(limit, float) and limit <= 1.0:  # Lightning: a fraction of the epoch
+        return int(n * limit)
+    return min(n, int(limit) * batch)
+
+
+def measure(cfg: DictConfig) -> dict:
+    """Parameters, forward GFLOPs per image, and seconds per training image from a few timed train
+    steps (after a warm-up step) on this machine: PROBE_BATCH images on a CPU, the full batch on a GPU."""
+    import torch
+    from hydra.utils import instantiate
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from attnexp.build import build_model
+
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    size, channels = cfg.model.get("image_size") or cfg.data.image_size, cfg.data.in_channels
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, channels, size, size, device=device))
+    batch = cfg.data.batch_size if device.type == "cuda" else min(cfg.data.batch_size, PROBE_BATCH)
+    x = torch.randn(batch, channels, size, size, device=device)
+    y = torch.randint(0, cfg.data.num_classes, (batch,), device=device)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    model.train()
+
+    def step() -> float:
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    step()  # warm-up: allocator, kernel selection
+    timed = sorted(step() for _ in range(TIMED_STEPS))
+    return {
+        "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "gflops_per_image": counter.get_total_flops() / 1e9,
+        "s_per_image": timed[len(timed) // 2] / batch,  # the median: one busy moment must not decide
+        "device": device.type,
+    }
+
+
+def job_seconds(measured: dict, cfg: DictConfig) -> float:
+    """Training images × epochs at the measured rate, plus the evaluations: Lightning validates after
+    every check_val_every_n_epoch-th epoch, and a forward pass is about a third of a train step."""
+    t = cfg.trainer
+    evaluations = t.max_epochs // (t.check_val_every_n_epoch or 1)
+    return measured["s_per_image"] * (t.max_epochs * _images(cfg, True) + evaluations * _images(cfg, False) / 3)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes = seconds / 60
+    return f"{minutes:.0f}min" if minutes < 60 else f"{int(minutes // 60)}h{int(minutes % 60):02d}"
+
+
+def dry_run(sweep_dir: str, jobs: list[tuple[Job, DictConfig]]) -> None:
+    """List the jobs, their folders and an estimated time each; run and create nothing."""
+    print(f"[dry run] sweep folder: {sweep_dir}  ({len(jobs)} jobs; nothing is run or written)")
+    cache: dict[str, dict] = {}
+    rows = []
+    for i, (job, cfg) in enumerate(jobs):
+        # jobs that differ only in the seed or the recipe cost the same per step: time each model once
+        shape = OmegaConf.to_container(cfg.model, resolve=True) | {"batch": cfg.data.batch_size}
+        key = json.dumps(shape, sort_keys=True, default=str)
+        if key not in cache:
+            cache[key] = measure(cfg)
+        rows.append((i, job.dir, cache[key] | {"seconds": job_seconds(cache[key], cfg)}))
+    width = max((len(r[1]) for r in rows), default=10)
+    print(f"  {'#':>3}  {'job folder':<{width}}  {'params':>11}  {'GFLOPs/img':>10}  {'img/s':>8}  est. time")
+    for i, d, est in rows:
+        print(
+            f"  {i:>3}  {d:<{width}}  {est['params']:>11,}  {est['gflops_per_image']:>10.3f}  "
+            f"{1 / est['s_per_image']:>8.0f}  {_duration(est['seconds'])}"
+        )
+    device = rows[0][2]["device"] if rows else "cpu"
+    batch = f"{PROBE_BATCH}-image" if device == "cpu" else "full"
+    total = sum(r[2]["seconds"] for r in rows)
+    print(
+        f"  total ≈ {_duration(total)} one job at a time; rate: median of {TIMED_STEPS} timed {batch} train steps"
+        f" per model on this machine ({device}). The machine that trains decides the real time."
+    )
