@@ -232,6 +232,9 @@ def run_task(cfg: DictConfig, run_dir: str, multirun: bool):
         return run_job(cfg, run_dir)
     except RunFailed as e:
         message, code = str(e), e.exit_code
+        if multirun and e.status == "interrupted":
+            # Ctrl-C / SIGTERM stops the whole sweep, not just this job; sweep.resume picks it up
+            fail(f"sweep interrupted in {run_dir}: {message}; re-run with sweep.resume=true", code)
     except (CheckpointError, DataMissingError, ConfigError, ValueError) as e:
         message, code = str(e).splitlines()[0], 1
         update_metrics(run_dir, status="failed", reason=message)

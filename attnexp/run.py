@@ -217,7 +217,10 @@ def train(cfg: DictConfig, run_dir: str) -> dict:
         final = history[-1]["val_acc1"] if history else None
         if trainer.is_global_zero and best is not None:
             logger.log_hyperparams(
-                _flat({k: run_config[k] for k in run_config if k != "hydra"}) | {"params": params},
+                # the choices first: they are what the HParams tab compares runs by
+                {f"choice/{k}": str(v) for k, v in (choices or resumed.get("choices", {})).items()}
+                | _flat({k: run_config[k] for k in run_config if k != "hydra"})
+                | {"params": params},
                 {"hp/best_acc1": best, "hp/final_acc1": final},
             )
             logger.finalize(status)

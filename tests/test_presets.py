@@ -1,0 +1,75 @@
+"""Every seed-000/001 preset as a real Hydra multirun, shrunk (debug=tiny, one seed, two α values)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import attnexp
+from conftest import run_cli
+
+
+def job_dirs(workdir):
+    (sweep,) = list((workdir / "multirun").glob("*/*"))
+    return sweep, sorted(p.parent for p in sweep.rglob("metrics.json"))
+
+
+def run_preset(workdir, *args):
+    proc = run_cli("-m", *args, "debug=tiny", "seed=0", cwd=workdir, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep, jobs = job_dirs(workdir)
+    assert all(json.loads((j / "metrics.json").read_text())["status"] == "done" for j in jobs)
+    return sweep, {str(j.relative_to(sweep)) for j in jobs}
+
+
+def test_seqpool_lines(workdir):
+    sweep, jobs = run_preset(workdir, "experiment=seqpool_lines")
+    assert sweep.name.endswith("_seqpool_lines")
+    lines = ["x", "softmax_dim0", "softmax", "softmax_x10", "softmax_plus_x", "x_minus_softmax"]
+    assert jobs == {f"debug=tiny,seqpool={line}/seed_0" for line in lines}
+    config = json.loads((sweep / "debug=tiny,seqpool=softmax_x10" / "seed_0" / "metrics.json").read_text())["choices"]
+    assert config["model"] == "cct2" and config["seqpool"] == "softmax_x10"
+
+
+def test_attention_rfp_with_attention_stats(workdir):
+    _, jobs = run_preset(workdir, "experiment=attention_rfp", "callbacks=attention_stats")
+    assert jobs == {
+        f"attention={a},callbacks=attention_stats,debug=tiny,model={m}/seed_0"
+        for a in ("softmax", "softmax_v")
+        for m in ("cct2", "cct7")
+    }
+    from tbparse import SummaryReader
+
+    job = next((workdir / "multirun").rglob("attention=softmax_v,*model=cct2/seed_0"))
+    scalars = SummaryReader(str(job / "tb")).scalars
+    stats = scalars[scalars.tag.str.startswith("attention/layer1/")]
+    values = dict(zip(stats.tag, stats.value))
+    # softmaxᵀ(V) lies in (0, 1); V itself does not
+    assert 0 < values["attention/layer1/fv_min"] <= values["attention/layer1/fv_max"] < 1
+    assert values["attention/layer1/v_min"] < 0 < values["attention/layer1/v_max"]
+    assert 0 < values["attention/layer1/attn_entropy"] <= torch.log(torch.tensor(64.0)).item() + 1e-4
+
+
+@pytest.mark.parametrize("preset,swept", [("alpha_grid", "seqpool"), ("alpha_grid_attention", "attention")])
+def test_alpha_grids(workdir, preset, swept):
+    _, jobs = run_preset(workdir, f"experiment={preset}", "alpha.value=-1.0,0.5")
+    assert jobs == {f"alpha.value={a},debug=tiny/seed_0" for a in ("-1.0", "0.5")}
+    for job in (workdir / "multirun").rglob("seed_0"):
+        ckpt = torch.load(job / "checkpoints" / "last.ckpt", weights_only=False)
+        assert ckpt["alpha"] == float(job.parent.name.split(",")[0].split("=")[1])
+        node = ckpt["attnexp_config"][swept]
+        assert node.get("value_map", node)["_target_"].endswith("Shift")
+
+
+def test_remix_finetune_starts_from_the_pretrained_weights(workdir):
+    source = attnexp.build_model(["model=cct7", "data=fake"])
+    path = workdir / "cct7.pth"
+    torch.save(source.state_dict(), path)
+    _, jobs = run_preset(workdir, "experiment=remix_finetune", f"model.pretrained={path}", "alpha.ramp_end=1")
+    assert len(jobs) == 2 and all(f"model.pretrained={str(path).replace('/', '_')}" in j for j in jobs)
+    remix = next(j for j in (workdir / "multirun").rglob("seed_0") if "attention=remix" in j.parent.name)
+    ckpt = torch.load(remix / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["alpha"] == pytest.approx(0.5)  # step 1 of a 0 → 1 ramp over the 2-step epoch
+    assert ckpt["attnexp_config"]["optimizer"]["lr"] == 5e-5
