@@ -129,14 +129,15 @@ def test_val_split_holds_out_part_of_train_and_reports_test_at_best_val(tmp_path
 
 @needs_shared
 def test_cct_learns_real_mnist(mnist_root, tmp_path):
-    """8,000 real training digits, one epoch without warmup: far above chance on the 2,000 held-out."""
+    """150 steps of 32 real training digits, no warmup: far above chance (10 %) on 2,000 held-out
+    digits (81 % when written; the official recipe's 5 warmup epochs need ~3 epochs for 73 %)."""
     from attnexp.run import run_job
 
     cfg = compose(
         "data=mnist", f"data.root={mnist_root}", "model=cct2", "trainer=cpu", "trainer.max_epochs=1",
-        "trainer.progress_bar=off", "scheduler.warmup_epochs=0", "optimizer.lr=2e-3", "data.batch_size=64",
-        "trainer.limit_train_batches=80", "label_smoothing=0",
+        "trainer.progress_bar=off", "scheduler.warmup_epochs=0", "optimizer.lr=1e-3", "data.batch_size=32",
+        "trainer.limit_train_batches=150", "label_smoothing=0",
     )
     metrics = run_job(cfg, str(tmp_path))
     assert metrics["status"] == "done"
-    assert metrics["best_acc1"] > 80, metrics["best_acc1"]
+    assert metrics["best_acc1"] > 70, metrics["best_acc1"]
