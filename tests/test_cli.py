@@ -141,3 +141,12 @@ def test_cct_learns_real_mnist(mnist_root, tmp_path):
     metrics = run_job(cfg, str(tmp_path))
     assert metrics["status"] == "done"
     assert metrics["best_acc1"] > 70, metrics["best_acc1"]
+
+
+@pytest.mark.slow
+def test_demo_reaches_90_percent_on_digits(workdir):
+    """What `make demo` runs (about a minute on 2 cores)."""
+    proc = run_cli("experiment=demo", "trainer.progress_bar=off", cwd=workdir, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    best = float(re.search(r"^best top-1: ([\d.]+)", proc.stdout, re.M).group(1))
+    assert best >= 90
