@@ -5,13 +5,17 @@ Two implementations of the same recipe:
   reference, exactly the official pipeline (AutoAugment CIFAR-10 policy with gray
   fill 128, RandomCrop with padding, horizontal flip).
 - `BatchAugment`: the same steps as batched tensor ops on whatever device the
-  batch lives on (the GPU fast path; no per-image Python for crop and flip).
+  batch lives on (the GPU fast path; no per-image Python): AutoAugment through
+  `attnexp.data.autoaugment.BatchAutoAugment`, which gives torchvision's output
+  image for image given the same random draws.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from attnexp.data.autoaugment import BatchAutoAugment
 
 
 def random_crop(images: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tensor:
@@ -36,15 +40,16 @@ def random_flip(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 class BatchAugment:
-    """Batched crop + flip (+ AutoAugment, per image through torchvision until a batched policy lands)."""
+    """[AutoAugment] → RandomCrop(pad) → RandomHorizontalFlip, each as batched tensor ops."""
 
     def __init__(self, autoaugment: str | None = None, padding: int = 0, flip: bool = False):
         self.padding, self.flip = padding, flip
-        self.policy = _autoaugment(autoaugment)
+        # fill 128: the official CIFAR10Policy fills with gray (128, 128, 128)
+        self.policy = BatchAutoAugment(autoaugment, fill=128) if autoaugment else None
 
     def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if self.policy is not None:
-            images = _per_image(self.policy, images, g)
+            images = self.policy(images, g)
         images = random_crop(images, self.padding, g)
         return random_flip(images, g) if self.flip else images
 
