@@ -487,6 +487,7 @@ def run(argv=None) -> dict:
     import logging
     import warnings
 
+    import pytorch_lightning  # noqa: F401  (imported first: its import sets its loggers to INFO)
     import torch
 
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):  # its banners would bury the table
