@@ -125,6 +125,7 @@ def make_trainer(cfg: DictConfig, run_dir: str, callbacks: list, logger) -> pl.T
         precision=precision,
         max_epochs=t.max_epochs,
         deterministic=t.deterministic,
+        benchmark=on_gpu and not t.deterministic,  # cuDNN picks the fastest tokenizer-conv kernels once per shape
         check_val_every_n_epoch=t.check_val_every_n_epoch,
         limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches,
