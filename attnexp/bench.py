@@ -477,7 +477,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    run(argv)
+    from attnexp.cli import UsageError
+    from attnexp.config.validate import ConfigError
+
+    try:
+        run(argv)
+    except (UsageError, ConfigError) as e:  # a bad model or attention name: one line, before any timing
+        print(f"attnexp-bench: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -507,10 +514,15 @@ def run(argv=None) -> dict:
     variants = args.variants.split(",") if args.variants else [v for v in VARIANTS if not (gpu and v == "bf16")]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        raise SystemExit(f"attnexp-bench: error: --variants {','.join(unknown)}: one of {', '.join(VARIANTS)}")
+        from attnexp.cli import UsageError
+
+        raise UsageError(f"--variants {','.join(unknown)}: one of {', '.join(VARIANTS)}")
     models, attentions = args.models.split(","), args.attention.split(",")
     data_overrides = ["data=fake"]  # CIFAR-10's shapes and classes, synthetic pixels: no dataset needed
     peak = peak_tflops(torch.cuda.get_device_name(device)) if gpu else None
+    for model_name in models:  # every choice composes before anything is timed
+        for attention in attentions:
+            compose(model_name, attention, *data_overrides)
 
     report = {"machine": machine(device), "batch_size": args.batch_size, "args": vars(args), "variants": {k: asdict(v) for k, v in VARIANTS.items()}}
     report["memory_batch"] = 128

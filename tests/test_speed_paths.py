@@ -369,3 +369,26 @@ def test_gpu_shared_launcher_preset(monkeypatch):
     assert cfg.hydra.launcher.n_jobs == 4
     monkeypatch.setenv("ATTNEXP_JOBS_PER_GPU", "3")
     assert cfg.hydra.launcher.n_jobs == 3
+
+
+@pytest.mark.slow
+def test_gpu_shared_launcher_runs_a_sweep(workdir):
+    """The preset runs jobs side by side (here 2 CPU jobs, each in its own loky process)."""
+    from conftest import run_cli, run_dirs
+
+    result = run_cli("-m", "hydra/launcher=gpu_shared", *TINY, "trainer.num_threads=1", "seed=0,1", cwd=workdir,
+                     env={"ATTNEXP_JOBS_PER_GPU": "2"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = [r for r in run_dirs(workdir) if (r / "metrics.json").is_file()]
+    assert len(runs) == 2
+    assert all(json.loads((r / "metrics.json").read_text())["status"] == "done" for r in runs)
+
+
+def test_bench_rejects_bad_choices_in_one_line(capsys):
+    from attnexp.bench import main
+
+    assert main(["--models", "cct3"]) == 2
+    assert main(["--variants", "eager,turbo"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("attnexp-bench: error: model=cct3: unknown choice")
+    assert err[1] == "attnexp-bench: error: --variants turbo: one of eager, sdpa, fast, compiled, bf16"
