@@ -77,7 +77,9 @@ def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
         return model
     from torch._dynamo.exc import TorchDynamoException
 
-    compiled = model._compiled_call_impl
+    compiled = getattr(model, "_compiled_call_impl", None)  # where nn.Module.compile keeps the compiled call
+    if compiled is None:  # a torch whose Module.compile works otherwise: compiled, without the fallback
+        return model
 
     def call_or_fall_back(*args, **kwargs):
         try:
