@@ -190,13 +190,11 @@ def bench_path(model_name, attention, args, device, data_overrides) -> dict:
     each timed interval holds one batch fetch (with augmentation) and one step.
     """
     import torch
-    from hydra.utils import instantiate
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    from attnexp.build import build_alpha, build_data, build_model
+    from attnexp.build import build_data, build_model
     from attnexp.callbacks import RunRecorder
-    from attnexp.module import ClassifierModule
-    from attnexp.run import _on_gpu, channels_last_tokenizer, make_optimizer, make_trainer, maybe_compile
+    from attnexp.run import build_module, make_trainer
 
     n = args.warmup + args.path_steps
     trainer_preset = "gpu" if device.type == "cuda" else "cpu"
@@ -213,19 +211,9 @@ def bench_path(model_name, attention, args, device, data_overrides) -> dict:
         "trainer.limit_val_batches=0",
         "trainer.progress_bar=off",
     )
-    on_gpu = _on_gpu(cfg)
     # the module exactly as attnexp.run.train builds it
     torch.manual_seed(0)
-    model = build_model(cfg)
-    channels_last_tokenizer(model)
-    module = ClassifierModule(
-        maybe_compile(model, cfg.trainer.compile),
-        optimizer=make_optimizer(cfg, on_gpu),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        label_smoothing=cfg.label_smoothing,
-        alpha=build_alpha(cfg),
-        nonfinite_every=cfg.trainer.log_every_n_steps if on_gpu else 1,
-    )
+    module = build_module(cfg, build_model(cfg))
     datamodule = build_data(cfg)
     lightning, bare = [], []
     with tempfile.TemporaryDirectory() as root:
@@ -296,8 +284,6 @@ def _bare_loop(module, datamodule, cfg, warmup, steps, device) -> float:
 
 
 def bench_data(args, device) -> dict:
-    import torch
-
     from attnexp.data.augment import build_augment
     from attnexp.data.loader import TensorLoader
     from attnexp.data.sources import Split, fake

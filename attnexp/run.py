@@ -168,6 +168,22 @@ def _flat(d: dict, prefix: str = "") -> dict:
 # ---------------------------------------------------------------- modes
 
 
+def build_module(cfg: DictConfig, model: torch.nn.Module, run_config: dict | None = None) -> ClassifierModule:
+    """The training module around a backbone, with the fast-path switches (shared with attnexp-bench)."""
+    on_gpu = _on_gpu(cfg)
+    channels_last_tokenizer(model)  # on the CPU too: CCT-2's train step runs ~1.2× faster (docs/speed.md)
+    return ClassifierModule(
+        maybe_compile(model, cfg.trainer.compile),
+        optimizer=make_optimizer(cfg, on_gpu),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        label_smoothing=cfg.label_smoothing,
+        alpha=build_alpha(cfg),
+        run_config=run_config,
+        nonfinite_every=cfg.trainer.log_every_n_steps if on_gpu else 1,
+        seed=cfg.seed,
+    )
+
+
 def train(cfg: DictConfig, run_dir: str) -> dict:
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import TensorBoardLogger
@@ -180,17 +196,7 @@ def train(cfg: DictConfig, run_dir: str) -> dict:
     params = trainable_parameters(model)
     on_gpu = _on_gpu(cfg)
     run_config = OmegaConf.to_container(cfg, resolve=True)
-    channels_last_tokenizer(model)  # on the CPU too: CCT-2's train step runs ~1.2× faster (docs/speed.md)
-    module = ClassifierModule(
-        maybe_compile(model, cfg.trainer.compile),
-        optimizer=make_optimizer(cfg, on_gpu),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        label_smoothing=cfg.label_smoothing,
-        alpha=build_alpha(cfg),
-        run_config=run_config,
-        nonfinite_every=cfg.trainer.log_every_n_steps if on_gpu else 1,
-        seed=cfg.seed,
-    )
+    module = build_module(cfg, model, run_config)
     choices = _choices()
     update_metrics(
         run_dir,

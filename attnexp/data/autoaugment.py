@@ -20,7 +20,6 @@ own random draws through `apply` to check exactly that.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
