@@ -27,7 +27,6 @@ from attnexp.rundir import read_metrics, single_run_dir, sweep_dir, update_metri
 
 CONFIG_MODULE = "attnexp.conf"
 PASS_THROUGH = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--version", "--resolve", "-p", "--package"}
-MAX_VALIDATED_JOBS = 512
 EXIT_CONFIG = 2
 
 
@@ -124,38 +123,35 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
             axes.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
         else:
             axes.append([o.input_line])
-    return [list(job) for job in itertools.islice(itertools.product(*axes), MAX_VALIDATED_JOBS)]
+    return [list(job) for job in itertools.product(*axes)]
+
+
+def check_job(cfg: DictConfig) -> None:
+    """Everything that can be checked before a job starts, without torch: the config against its
+    schemas and rules, the checkpoint files it names, and the dataset files it will read."""
+    choices = dict(cfg.hydra.runtime.choices)
+    body = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    try:
+        validate(body, choices)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    for key in ("ckpt_path", "model.pretrained"):
+        path = OmegaConf.select(body, key)
+        if path and not os.path.isfile(path):
+            raise UsageError(f"{key}={path}: no such file")
+    if body.mode in ("train", "eval"):
+        try:
+            check_dataset(body.data.name, body.data.root, body.data.download)
+        except DataMissingError as e:
+            raise UsageError(str(e)) from None
 
 
 def preflight(overrides: list[str], multirun: bool) -> DictConfig:
-    """Compose and validate every job the command would run; return the first job's config (with hydra node)."""
-    jobs = expand_sweep(overrides) if multirun else [overrides]
+    """Parse every override and check the (first) job; return its config with the hydra node.
+    A sweep's other jobs are checked once they are planned (run_sweep), before any job runs."""
     parse_overrides(overrides)
-    first = None
-    for job in jobs:
-        cfg = compose(job, return_hydra_config=True)
-        if first is None:
-            first = cfg
-            # sweeps defined by an experiment preset (hydra.sweeper.params) are checked too
-            params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
-            if multirun and params:
-                extra = [f"{k}={v}" for k, v in params.items()]
-                jobs.extend(expand_sweep(extra + job)[1:MAX_VALIDATED_JOBS])
-        choices = dict(cfg.hydra.runtime.choices)
-        body = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        try:
-            validate(body, choices)
-        except ConfigError as e:
-            raise UsageError(str(e)) from None
-        for key in ("ckpt_path", "model.pretrained"):
-            path = OmegaConf.select(body, key)
-            if path and not os.path.isfile(path):
-                raise UsageError(f"{key}={path}: no such file")
-        if body.mode in ("train", "eval"):
-            try:
-                check_dataset(body.data.name, body.data.root, body.data.download)
-            except DataMissingError as e:
-                raise UsageError(str(e)) from None
+    first = compose(expand_sweep(overrides)[0] if multirun else overrides, return_hydra_config=True)
+    check_job(first)
     return first
 
 
@@ -277,6 +273,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(code)
 
 
+def _release(folder: str) -> None:
+    """Give back a sweep folder this command claimed (created empty) but will not use."""
+    try:
+        os.removedirs(folder)
+    except OSError:
+        pass
+
+
 def run_sweep(argv: list[str], overrides: list[str], cfg: DictConfig) -> int:
     """Plan the jobs (sweep.json), answer a dry run, or launch; 1 when any job is not done."""
     import time
@@ -286,15 +290,16 @@ def run_sweep(argv: list[str], overrides: list[str], cfg: DictConfig) -> int:
     started = time.time()
     try:
         sweep_dir, jobs = sweep.plan(overrides, compose)
+        for _, job_cfg in jobs:
+            check_job(job_cfg)
     except UsageError as e:
+        if not any(_has([a], "hydra.sweep.dir") for a in argv):
+            _release(next(o.split("=", 1)[1] for o in overrides if _has([o], "hydra.sweep.dir")))
         fail(str(e))
     if cfg.sweep.dry_run:
         sweep.dry_run(sweep_dir, jobs)
         if not any(_has([a], "hydra.sweep.dir") for a in argv):
-            try:  # the name was claimed (created empty) for this sweep: give it back
-                os.removedirs(sweep_dir)
-            except OSError:
-                pass
+            _release(sweep_dir)
         return 0
     again = [a for a in argv if not _has([a], "hydra.sweep.dir") and not _has([a], "sweep.resume")]
     resume = shlex.join(["attnexp"] + again + [f"hydra.sweep.dir={sweep_dir}", "sweep.resume=true"])
