@@ -132,3 +132,22 @@ def test_alpha_reaches_the_maps_each_step_and_is_logged(tmp_path):
     scalars = SummaryReader(str(tmp_path / "tb")).scalars
     alpha = scalars[scalars.tag == "alpha"].sort_values("step")["value"].tolist()
     assert alpha == pytest.approx([0.0, 0.25, 0.5])
+
+
+def test_alpha_continues_where_it_was_after_resume(tmp_path):
+    """Stop after epoch 1, resume to epoch 2: α keeps following the schedule, not restarting."""
+    from tbparse import SummaryReader
+
+    from attnexp.run import run_job
+    from conftest import compose
+
+    common = ("debug=tiny", "model=cct2", "seqpool=remix", "alpha=linear", "alpha.unit=step", "alpha.ramp_begin=0", "alpha.ramp_end=4")
+    assert run_job(compose(*common, "trainer.max_epochs=1"), str(tmp_path))["status"] == "done"
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["alpha"] == pytest.approx(0.25)
+    metrics = run_job(compose(*common, "trainer.max_epochs=2", f"ckpt_path={last}"), str(tmp_path))
+    assert metrics["status"] == "done" and metrics["epochs"] == 2
+    scalars = SummaryReader(str(tmp_path / "tb")).scalars
+    alpha = scalars[scalars.tag == "alpha"].sort_values("step")
+    assert alpha["step"].tolist() == [0, 1, 2, 3]
+    assert alpha["value"].tolist() == pytest.approx([0.0, 0.25, 0.5, 0.75])
