@@ -8,9 +8,11 @@ when the run did not finish.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -114,7 +116,17 @@ def make_optimizer(cfg: DictConfig, on_gpu: bool):
     return instantiate(cfg.optimizer)
 
 
+def quiet_lightning() -> None:
+    """Keep the console to attnexp's own lines: Lightning's start-up banners (accelerator
+    availability, advertising tips) and two warnings that do not apply to our loaders."""
+    for name in ("pytorch_lightning", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning's own deprecated call
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")  # epoch metrics are ours
+
+
 def make_trainer(cfg: DictConfig, run_dir: str, callbacks: list, logger) -> pl.Trainer:
+    quiet_lightning()
     t = cfg.trainer
     on_gpu = _on_gpu(cfg)
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
