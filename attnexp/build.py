@@ -72,11 +72,22 @@ def mismatch_summary(model: nn.Module, state: dict[str, Any]) -> str | None:
     return "; ".join(parts) or None
 
 
+def _trained_as(obj: dict) -> str:
+    """How an attnexp checkpoint's model was configured, as a hint for a mismatch."""
+    model = (obj.get("attnexp_config") or {}).get("model") or {}
+    if not model:
+        return ""
+    name = model.get("official_name") or str(model.get("_target_", "")).rsplit(".", 1)[-1]
+    sizes = ", ".join(f"{k}={model[k]}" for k in ("dim", "num_layers", "num_heads", "num_classes") if k in model)
+    return f"; the checkpoint's model: {name} ({sizes})"
+
+
 def load_weights(model: nn.Module, path: str, key: str) -> None:
-    state = state_dict_of(read_checkpoint(path, key))
+    obj = read_checkpoint(path, key)
+    state = state_dict_of(obj)
     problem = mismatch_summary(model, state)
     if problem:
-        raise CheckpointError(f"{key}={path}: does not fit this model ({problem})")
+        raise CheckpointError(f"{key}={path}: does not fit this model ({problem}){_trained_as(obj)}")
     model.load_state_dict(state, strict=True)
 
 
