@@ -188,7 +188,9 @@ def name_folders(overrides: list[str], cfg: DictConfig, multirun: bool) -> list[
         name = choices.get("experiment") or "sweep"
         return overrides + [f"hydra.sweep.dir={sweep_dir('multirun', name)}"]
     if not multirun and not _has(overrides, "hydra.run.dir"):
-        return overrides + [f"hydra.run.dir={single_run_dir('outputs', choices.model, choices.attention)}"]
+        # <model>_<attention>, plus the SeqPool line when it is not the official one
+        attention = choices.attention + (f"_seqpool-{choices.seqpool}" if choices.get("seqpool", "x") != "x" else "")
+        return overrides + [f"hydra.run.dir={single_run_dir('outputs', choices.model, attention)}"]
     return overrides
 
 
