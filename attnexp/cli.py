@@ -8,7 +8,6 @@ Then it names the run (or sweep) folder and lets Hydra run the job(s).
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import shlex
@@ -114,16 +113,12 @@ def parse_overrides(overrides: list[str]) -> list:
     return parsed
 
 
-def expand_sweep(overrides: list[str]) -> list[list[str]]:
-    """Every job of a multirun's command-line sweep (cartesian product), as plain override lists."""
-    parsed = parse_overrides(overrides)
-    axes = []
-    for o in parsed:
-        if o.is_sweep_override():
-            axes.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
-        else:
-            axes.append([o.input_line])
-    return [list(job) for job in itertools.product(*axes)]
+def first_job(parsed: list) -> list[str]:
+    """The overrides of a sweep's first job: each sweep override at its first value."""
+    return [
+        f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
+        for o in parsed
+    ]
 
 
 def check_job(cfg: DictConfig) -> None:
@@ -149,8 +144,8 @@ def check_job(cfg: DictConfig) -> None:
 def preflight(overrides: list[str], multirun: bool) -> DictConfig:
     """Parse every override and check the (first) job; return its config with the hydra node.
     A sweep's other jobs are checked once they are planned (run_sweep), before any job runs."""
-    parse_overrides(overrides)
-    first = compose(expand_sweep(overrides)[0] if multirun else overrides, return_hydra_config=True)
+    parsed = parse_overrides(overrides)
+    first = compose(first_job(parsed) if multirun else overrides, return_hydra_config=True)
     check_job(first)
     return first
 

@@ -175,11 +175,11 @@ def _heads_divide_width(cfg, choices):
 
 @rule
 def _tokenizer_fits_image(cfg, choices):
-    if OmegaConf.select(cfg, "model.tokenizer") == "patch" or OmegaConf.select(cfg, "model.patch_size"):
-        size, patch = OmegaConf.select(cfg, "model.image_size"), OmegaConf.select(cfg, "model.patch_size")
-        if OmegaConf.select(cfg, "model.tokenizer") in (None, "patch") and size and patch:
-            _need(size % patch == 0, "model.patch_size", patch, f"must divide the image size {size}")
-    if OmegaConf.select(cfg, "model.tokenizer") == "conv":
+    tokenizer = OmegaConf.select(cfg, "model.tokenizer")
+    size, patch = OmegaConf.select(cfg, "model.image_size"), OmegaConf.select(cfg, "model.patch_size")
+    if tokenizer in (None, "patch") and size and patch:
+        _need(size % patch == 0, "model.patch_size", patch, f"must divide the image size {size}")
+    if tokenizer == "conv":
         size, layers = cfg.model.image_size, cfg.model.n_conv_layers
         _need(layers >= 1, "model.n_conv_layers", layers, "must be ≥ 1")
         _need(size >= 2**layers, "model.image_size", size, f"too small for {layers} conv+pool layers")
