@@ -9,17 +9,23 @@ from typing import Any
 
 
 def compose_config(overrides: list[str] | None = None):
-    """The config `attnexp <overrides>` would run with (validated; raises ConfigError / UsageError)."""
-    from omegaconf import OmegaConf
-
-    from attnexp.cli import compose
+    """The config `attnexp <overrides>` would run with (types and cross-object rules checked;
+    raises ConfigError). Values are checked by the constructors when the objects are built."""
+    from attnexp.config.compose import compose, split_hydra
     from attnexp.config.validate import validate
 
-    cfg = compose(list(overrides or []), return_hydra_config=True)
-    choices = dict(cfg.hydra.runtime.choices)
-    body = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    body, choices = split_hydra(compose(list(overrides or []), return_hydra_config=True))
     validate(body, choices)
     return body
+
+
+def check(overrides: list[str] | None = None):
+    """Everything the CLI checks before a job starts (compose_config, then every object the job
+    will use, built on the meta device). Returns the config; raises StartupError."""
+    from attnexp.cli import check_job
+    from attnexp.config.compose import compose
+
+    return check_job(compose(list(overrides or []), return_hydra_config=True))
 
 
 def build_model(overrides: list[str] | None = None, compile: bool = False):

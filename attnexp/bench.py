@@ -463,12 +463,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from attnexp.cli import UsageError
-    from attnexp.config.validate import ConfigError
+    from attnexp.errors import StartupError
 
     try:
         run(argv)
-    except (UsageError, ConfigError) as e:  # a bad model or attention name: one line, before any timing
+    except StartupError as e:  # a bad model or attention name: one line, before any timing
         print(f"attnexp-bench: error: {e}", file=sys.stderr)
         return 2
     return 0
@@ -500,9 +499,9 @@ def run(argv=None) -> dict:
     variants = args.variants.split(",") if args.variants else [v for v in VARIANTS if not (gpu and v == "bf16")]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        from attnexp.cli import UsageError
+        from attnexp.errors import ConfigError
 
-        raise UsageError(f"--variants {','.join(unknown)}: one of {', '.join(VARIANTS)}")
+        raise ConfigError("--variants", ",".join(unknown), f"one of {', '.join(VARIANTS)}")
     models, attentions = args.models.split(","), args.attention.split(",")
     data_overrides = ["data=fake"]  # CIFAR-10's shapes and classes, synthetic pixels: no dataset needed
     peak = peak_tflops(torch.cuda.get_device_name(device)) if gpu else None

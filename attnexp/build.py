@@ -1,4 +1,8 @@
-"""Config → objects: the model (with pretrained weights), the datamodule, the α schedule."""
+"""Config → objects: the model (with pretrained weights), the datamodule, the α schedule.
+
+Each group's node is built inside `blamed(group)`, so whatever a constructor
+raises becomes a `ConfigError` naming that group's key (attnexp.blame).
+"""
 
 from __future__ import annotations
 
@@ -10,21 +14,37 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from attnexp.blame import blamed
 from attnexp.layers.value_maps import scheduled_maps
 
 # keys of a model node that describe it rather than construct it
 MODEL_META_KEYS = ("pretrained", "official_name")
+# model keys that hold another group's object: (key, group)
+MODEL_PARTS = (("attn_layer", "attention"), ("seqpool_value", "seqpool"))
 
 
 class CheckpointError(Exception):
     pass
 
 
-def build_model(cfg: DictConfig) -> nn.Module:
-    node = OmegaConf.to_container(cfg.model, resolve=True)
+def build_backbone(cfg: DictConfig) -> nn.Module:
+    """The model as configured (no weights loaded, α not set); the attention and SeqPool
+    objects are built on their own, so an error in one names its group's key."""
+    with blamed("model", cfg.model):
+        node = OmegaConf.to_container(cfg.model, resolve=True)
     for key in MODEL_META_KEYS:
         node.pop(key, None)
-    model = instantiate(node, _convert_="all")
+    parts = {}
+    for key, group in MODEL_PARTS:
+        if node.get(key) is not None:
+            with blamed(group, cfg.get(group)):
+                parts[key] = instantiate(node.pop(key), _convert_="all")
+    with blamed("model", cfg.model, cfg):
+        return instantiate(node, **parts, _convert_="all")
+
+
+def build_model(cfg: DictConfig) -> nn.Module:
+    model = build_backbone(cfg)
     alpha = build_alpha(cfg)
     if alpha is not None:  # α at step 0, so a model built outside training is in a defined state
         for m in scheduled_maps(model):
@@ -95,8 +115,13 @@ def build_alpha(cfg: DictConfig):
     node = cfg.get("alpha")
     if not node or not node.get("_target_"):
         return None
-    return instantiate(node)
+    with blamed("alpha", node):
+        return instantiate(node)
 
 
 def build_data(cfg: DictConfig):
-    return instantiate(cfg.data, seed=cfg.seed, _convert_="all")
+    """The datamodule, delivering images at the size the model declares it is built for
+    (`model.image_size`; most models follow `data.image_size`, model=vit_tiny224 is 224)."""
+    size = cfg.model.get("image_size") if isinstance(cfg.get("model"), DictConfig) else None
+    with blamed("data", cfg.data):
+        return instantiate(cfg.data, seed=cfg.seed, _convert_="all", **({"image_size": size} if size else {}))

@@ -9,7 +9,6 @@ Then it names the run (or sweep) folder and lets Hydra run the job(s).
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import sys
 import traceback
@@ -20,11 +19,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from attnexp.config.validate import ConfigError, validate
-from attnexp.data.files import DataMissingError, check_dataset
+from attnexp.config.compose import compose, group_options, groups, split_hydra
+from attnexp.config.validate import validate
+from attnexp.errors import ConfigError, StartupError
 from attnexp.rundir import read_metrics, single_run_dir, sweep_dir, update_metrics
 
-CONFIG_MODULE = "attnexp.conf"
 PASS_THROUGH = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--version", "--resolve", "-p", "--package"}
 EXIT_CONFIG = 2
 
@@ -44,11 +43,13 @@ def _job_dir(override_dirname: str) -> str:
     return name.encode()[: NAME_MAX - len(digest) - 1].decode(errors="ignore") + "~" + digest
 
 
+def _groups_help() -> str:
+    """`--help`'s group list: conf/'s folders (Hydra's own list would show the schema/ tree too)."""
+    return "\n".join(f"{group}: {', '.join(group_options(group))}" for group in groups())
+
+
 OmegaConf.register_new_resolver("attnexp_job_dir", _job_dir, replace=True)
-
-
-class UsageError(Exception):
-    pass
+OmegaConf.register_new_resolver("attnexp_groups", _groups_help, replace=True)
 
 
 def fail(message: str, code: int = EXIT_CONFIG) -> None:
@@ -56,47 +57,7 @@ def fail(message: str, code: int = EXIT_CONFIG) -> None:
     sys.exit(code)
 
 
-# ---------------------------------------------------------------- composition (no torch)
-
-
-def group_options(group: str) -> list[str]:
-    from importlib.resources import files
-
-    folder = files(CONFIG_MODULE).joinpath(group)
-    try:
-        return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _composition_error(exc: Exception) -> str:
-    text = str(exc)
-    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
-    if missing:
-        group, choice = missing.groups()
-        options = group_options(group)
-        if options:
-            return f"{group}={choice}: unknown choice; available: {', '.join(options)}"
-        return f"{group}: unknown config group"
-    key = re.search(r"Key '([^']+)' is not in struct", text) or re.search(r"Could not override '([^']+)'", text)
-    if key:
-        return f"{key.group(1)}: unknown key (use ++{key.group(1)}=VALUE only to add a new key on purpose)"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
-    return first
-
-
-def compose(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
-    """The config the CLI would run with, composed outside any Hydra app (used by build_model too)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            return hydra_compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
-    except Exception as exc:  # Hydra's composition errors come in several types, all user-facing
-        raise UsageError(_composition_error(exc)) from None
+# ---------------------------------------------------------------- checks
 
 
 def parse_overrides(overrides: list[str]) -> list:
@@ -109,7 +70,7 @@ def parse_overrides(overrides: list[str]) -> list:
             parsed += parser.parse_overrides([text])
         except Exception as exc:
             reason = str(exc).splitlines()[0]
-            raise UsageError(f"{text}: cannot parse this override ({reason})") from None
+            raise ConfigError(text, ..., f"cannot parse this override ({reason})") from None
     return parsed
 
 
@@ -121,24 +82,16 @@ def first_job(parsed: list) -> list[str]:
     ]
 
 
-def check_job(cfg: DictConfig) -> None:
-    """Everything that can be checked before a job starts, without torch: the config against its
-    schemas and rules, the checkpoint files it names, and the dataset files it will read."""
-    choices = dict(cfg.hydra.runtime.choices)
-    body = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    try:
-        validate(body, choices)
-    except ConfigError as e:
-        raise UsageError(str(e)) from None
-    for key in ("ckpt_path", "model.pretrained"):
-        path = OmegaConf.select(body, key)
-        if path and not os.path.isfile(path):
-            raise UsageError(f"{key}={path}: no such file")
-    if body.mode in ("train", "eval"):
-        try:
-            check_dataset(body.data.name, body.data.root, body.data.download)
-        except DataMissingError as e:
-            raise UsageError(str(e)) from None
+def check_job(cfg: DictConfig) -> DictConfig:
+    """Everything that can be known before a job starts: the cross-object rules (torch-free),
+    then every object the job will use, built on the meta device (attnexp.preflight).
+    Returns the job's config without the hydra node."""
+    body, choices = split_hydra(cfg)
+    validate(body, choices)
+    from attnexp.preflight import check_built  # torch: only once the torch-free checks passed
+
+    check_built(body, choices)
+    return body
 
 
 def preflight(overrides: list[str], multirun: bool) -> DictConfig:
@@ -228,7 +181,7 @@ def run_task(cfg: DictConfig, run_dir: str, multirun: bool):
         if multirun and e.status == "interrupted":
             # Ctrl-C / SIGTERM stops the whole sweep, not just this job; sweep.resume picks it up
             fail(f"sweep interrupted in {run_dir}: {message}; re-run with sweep.resume=true", code)
-    except (CheckpointError, DataMissingError, ConfigError, ValueError) as e:
+    except (CheckpointError, StartupError, ValueError) as e:
         message, code = str(e).splitlines()[0], 1
         update_metrics(run_dir, status="failed", reason=message)
     except Exception as e:
@@ -258,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         overrides = plan_folders(overrides, multirun)
         cfg = preflight(overrides, multirun)
-    except UsageError as e:
+    except StartupError as e:
         fail(str(e))
     overrides = name_folders(overrides, cfg, multirun)
     sys.argv = [sys.argv[0]] + flags + overrides
@@ -289,7 +242,7 @@ def run_sweep(argv: list[str], overrides: list[str], cfg: DictConfig) -> int:
         sweep_dir, jobs = sweep.plan(overrides, compose)
         for _, job_cfg in jobs:
             check_job(job_cfg)
-    except UsageError as e:
+    except StartupError as e:
         if not any(_has([a], "hydra.sweep.dir") for a in argv):
             _release(next(o.split("=", 1)[1] for o in overrides if _has([o], "hydra.sweep.dir")))
         fail(str(e))

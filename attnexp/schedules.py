@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from attnexp.errors import require
+
 # ---------------------------------------------------------------- learning rate
 
 
@@ -24,6 +26,8 @@ class WarmupCosine:
     """Builds a per-epoch LambdaLR for an optimizer (the scheduler group's factory interface)."""
 
     def __init__(self, warmup_epochs: int = 5, total_epochs: int = 200):
+        require(warmup_epochs >= 0, "warmup_epochs", warmup_epochs, "must be ≥ 0")
+        require(total_epochs >= 1, "total_epochs", total_epochs, "must be ≥ 1")
         self.warmup_epochs, self.total_epochs = warmup_epochs, total_epochs
 
     def factor(self, epoch: int) -> float:
@@ -43,7 +47,16 @@ class AlphaSchedule:
     """α as a function of training progress. `unit` says what ramp_* and points count."""
 
     unit: str = "epoch"
-    allow_extrapolation: bool = False  # checked at start-up, kept for the record
+    allow_extrapolation: bool = False  # may α leave the value map's alpha_range (checked at start-up)
+
+    UNITS = ("epoch", "step")
+
+    def __post_init__(self) -> None:
+        require(self.unit in self.UNITS, "unit", self.unit, f"one of {', '.join(self.UNITS)}")
+
+    def extent(self) -> tuple[float, float]:
+        """The smallest and largest α the schedule ever gives."""
+        raise NotImplementedError
 
     def position(self, step: int, steps_per_epoch: int) -> float:
         return step / max(steps_per_epoch, 1) if self.unit == "epoch" else float(step)
@@ -62,6 +75,9 @@ class ConstantAlpha(AlphaSchedule):
     def at(self, t: float) -> float:
         return self.value
 
+    def extent(self) -> tuple[float, float]:
+        return self.value, self.value
+
 
 @dataclass
 class LinearAlpha(AlphaSchedule):
@@ -69,6 +85,14 @@ class LinearAlpha(AlphaSchedule):
     end: float = 1.0
     ramp_begin: float = 0.0
     ramp_end: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.ramp_begin >= 0, "ramp_begin", self.ramp_begin, "must be ≥ 0")
+        require(self.ramp_end >= self.ramp_begin, "ramp_end", self.ramp_end, f"must be ≥ ramp_begin={self.ramp_begin:g}")
+
+    def extent(self) -> tuple[float, float]:
+        return min(self.start, self.end), max(self.start, self.end)
 
     def progress(self, t: float) -> float:
         """0 before ramp_begin, 1 after ramp_end, linear between."""
@@ -90,6 +114,15 @@ class CosineAlpha(LinearAlpha):
 @dataclass
 class StepAlpha(AlphaSchedule):
     points: list = field(default_factory=list)  # [[position, value], ...]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        pairs = len(self.points) > 0 and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in self.points)
+        require(pairs, "points", self.points, "a non-empty list of [position, value] pairs")
+
+    def extent(self) -> tuple[float, float]:
+        values = [0.0] + [float(v) for _, v in self.points]  # α is 0 before the first point
+        return min(values), max(values)
 
     def at(self, t: float) -> float:
         value = 0.0

@@ -24,10 +24,17 @@ needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared is abse
 
 
 def compose(*overrides: str):
-    """The validated config `attnexp <overrides>` would run with."""
+    """The config `attnexp <overrides>` would run with (types and cross-object rules checked)."""
     from attnexp.api import compose_config
 
     return compose_config(list(overrides))
+
+
+def check(*overrides: str):
+    """What the CLI checks before a job starts (every object built on the meta device)."""
+    from attnexp.api import check as check_config
+
+    return check_config(list(overrides))
 
 
 # small and quick: fake data, CPU, a couple of batches

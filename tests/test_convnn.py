@@ -12,13 +12,13 @@ import torch
 import yaml
 
 import attnexp
-from attnexp.config.validate import CONVNN_CHOICES, ConfigError
+from attnexp.errors import ConfigError
 from attnexp.layers import convnn
 from attnexp.layers.attention import Attention
 from attnexp.layers.convnn import ConvNNAttention
-from conftest import ATTNEXP, REPO, compose, run_cli
+from conftest import ATTNEXP, REPO, check, compose, run_cli
 
-VIT = ["model=vit_tiny224", "data=cifar10", "data.image_size=224"]
+VIT = ["model=vit_tiny224", "data=cifar10"]
 
 
 def trainable(model) -> int:
@@ -69,7 +69,7 @@ def test_counts_follow_the_layer_formula():
 
 
 def test_attention_num_heads_wins_over_the_backbone():
-    model = attnexp.build_model(["model=vit_tiny224", "data=fake", "data.image_size=32", "model.patch_size=4",
+    model = attnexp.build_model(["model=vit_tiny224", "data=fake", "model.image_size=32", "model.patch_size=4",
                                  "attention=convnn", "attention.num_heads=1"])  # fmt: skip
     mixers = [b.self_attn.convnn for b in model.classifier.blocks]
     assert [m.heads for m in mixers] == [1] * 12
@@ -286,23 +286,14 @@ def test_backward_reaches_q_k_v_and_conv():
 
 
 def test_too_many_neighbours_is_a_clear_error():
-    with pytest.raises(ValueError, match="K=9 exceeds the 7 tokens"):
+    with pytest.raises(ValueError, match="K=9: must not exceed the 7 tokens"):
         ConvNNAttention(dim=8, num_heads=2, K=9)(torch.randn(1, 7, 8))
 
 
 # ---------------------------------------------------------------- start-up checks
 
 
-def test_validation_choices_are_the_layer_registries():
-    assert set(CONVNN_CHOICES["similarity"]) == set(convnn.SIMILARITIES)
-    assert set(CONVNN_CHOICES["projection"]) == set(convnn.PROJECTIONS)
-    assert set(CONVNN_CHOICES["sampling"]) == set(convnn.SAMPLINGS)
-    assert set(CONVNN_CHOICES["prime_conv"]) == set(convnn.PRIME_CONVS)
-    assert set(CONVNN_CHOICES["head_layout"]) == set(convnn.HEAD_LAYOUTS)
-    assert set(CONVNN_CHOICES["branch"]) == set(convnn.BRANCHES)
-
-
-SMALL = ["model=vit_tiny224", "attention=convnn", "data=fake", "data.image_size=32", "model.patch_size=4"]  # 65 tokens
+SMALL = ["model=vit_tiny224", "attention=convnn", "data=fake", "model.image_size=32", "model.patch_size=4"]  # 65 tokens
 
 
 @pytest.mark.parametrize(
@@ -312,8 +303,8 @@ SMALL = ["model=vit_tiny224", "attention=convnn", "data=fake", "data.image_size=
         (["attention.sampling=spatial", "attention.samples=16", "attention.K=18"], "attention.K", "17 tokens"),
         (["attention.sampling=random"], "attention.samples", "needs samples"),
         (["attention.sampling=spatial", "attention.samples=65"], "attention.samples", "64 patches"),
-        (["attention.num_heads=5"], "attention.num_heads", "divide the width"),
-        (["attention.num_heads=3", "attention.branch=attention", "attention.branch_ratio=0.3"], "attention.num_heads", "ConvNN branch's 58"),
+        (["attention.num_heads=5"], "attention.num_heads", "width 192 does not split into 5 heads"),
+        (["attention.num_heads=3", "attention.branch=attention", "attention.branch_ratio=0.3"], "attention.num_heads", "width 58"),
         (["attention.similarity=dot"], "attention.similarity", "cosine, euclidean"),
         (["attention.projection=qv"], "attention.projection", "kqv, v, kq, none"),
         (["attention.head_layout=v_h", "attention.projection=kq"], "attention.head_layout", "projection=kqv or v"),
@@ -325,13 +316,13 @@ SMALL = ["model=vit_tiny224", "attention=convnn", "data=fake", "data.image_size=
 )
 def test_bad_options_fail_at_start_up(overrides, key, says):
     with pytest.raises(ConfigError) as err:
-        compose(*SMALL, *overrides)
+        check(*SMALL, *overrides)
     assert err.value.key == key and says in str(err.value)
 
 
 def test_good_options_pass():
-    compose(*SMALL, "attention.K=64", "attention.num_heads=1")
-    compose(*SMALL, "attention.sampling=spatial", "attention.samples=16", "attention.K=17")
+    check(*SMALL, "attention.K=64", "attention.num_heads=1")
+    check(*SMALL, "attention.sampling=spatial", "attention.samples=16", "attention.K=17")
 
 
 # ---------------------------------------------------------------- presets and summary
@@ -353,7 +344,7 @@ def test_ablation_lines_are_swept_and_kqv_is_the_default_layer():
 
 def test_recipe():
     cfg = compose("experiment=convnn_cifar10")
-    assert cfg.model.dim == 192 and cfg.data.image_size == 224 and cfg.attention.K == 9
+    assert cfg.model.dim == 192 and cfg.model.image_size == 224 and cfg.attention.K == 9
     assert cfg.optimizer.weight_decay == 0.05 and cfg.trainer.gradient_clip_val == 1.0 and cfg.trainer.max_epochs == 50
     assert cfg.optimizer._target_ == "torch.optim.AdamW"
 
@@ -389,7 +380,7 @@ def test_summary_params_and_gflops(tmp_path, capsys):
 # ---------------------------------------------------------------- the ablation as a real multirun
 
 # small: 32 px with 4 px patches (65 tokens, so K 36 fits), one 48-wide block, 2 batches of 4
-SMOKE = ["debug=tiny", "data.image_size=32", "model.patch_size=4", "model.num_layers=1", "model.dim=48", "data.batch_size=4"]
+SMOKE = ["debug=tiny", "model.image_size=32", "model.patch_size=4", "model.num_layers=1", "model.dim=48", "data.batch_size=4"]
 
 
 @pytest.fixture(scope="module")

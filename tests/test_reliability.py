@@ -8,49 +8,67 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import ATTNEXP, run_cli, run_dirs
 
-# ---------------------------------------------------------------- bad input through the real CLI
-# (overrides, text the one-line message must contain). All fail at start-up: exit 2, no run folder.
+# ---------------------------------------------------------------- bad input, refused at start-up
+# (overrides, text the one-line message must contain). All fail before any folder exists: exit 2.
+# data=fake is added unless a case picks its data, so each case meets its own error first.
 CONFIG_ERRORS = [
-    (["optimizer.lr=abc"], "optimizer.lr"),
-    (["optimizer.lr=-1"], "optimizer.lr"),
-    (["optimizer.lr=0"], "optimizer.lr"),
-    (["data.batch_size=0"], "data.batch_size"),
-    (["data.batch_size=1.5"], "data.batch_size"),
+    (["optimizer.lr=abc"], "optimizer.lr=abc: expected a number"),
+    (["optimizer.lr=-1"], "optimizer.lr=-1.0"),
+    (["data.batch_size=0"], "data.batch_size=0"),
+    (["data.batch_size=1.5"], "data.batch_size=1.5"),
     (["trainer.max_epochs=0"], "trainer.max_epochs"),
     (["model=nope"], "model=nope"),
     (["attention=nope"], "attention=nope"),
     (["data=imagenet"], "data=imagenet"),
-    (["model.num_heads=3"], "model.num_heads"),
+    (["model.num_heads=3"], "model.num_heads=3"),
     (["model.dimm=3"], "model.dimm"),
-    (["attention=remix"], "attention"),
-    (["attention=remix", "alpha=constant", "alpha.value=1.5"], "alpha"),
-    (["model=vitlite7", "seqpool=softmax"], "seqpool"),
-    (["mode=fly"], "mode"),
+    (["attention=remix"], "attention=remix: needs an α schedule"),
+    (["attention=remix", "alpha=constant", "alpha.value=1.5"], "alpha=constant"),
+    (["model=vitlite7", "seqpool=softmax"], "seqpool=softmax"),
+    (["mode=fly"], "mode=fly"),
     (["mode=eval"], "ckpt_path"),
-    (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path"),
+    (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path=/nonexistent/last.ckpt"),
     (["model.pretrained=/nonexistent/cct.pth"], "model.pretrained"),
-    (["data.val_split=1.5"], "data.val_split"),
-    (["model.positional_embedding=random"], "model.positional_embedding"),
-    (["attention.impl=flash"], "attention.impl"),
-    (["trainer.precision=8"], "trainer.precision"),
+    (["data.val_split=1.5"], "data.val_split=1.5"),
+    (["model.positional_embedding=random"], "model.positional_embedding=random"),
+    (["attention.impl=flash"], "attention.impl=flash"),
+    (["trainer.precision=8"], "trainer.precision=8"),
     (["seqpool=shift", "alpha=step"], "alpha.points"),
     (["experiment=remix_finetune"], "model.pretrained"),
-    (["model.dropout=1.5"], "model.dropout"),
-    (["model=cvt7", "data.image_size=30"], "model.patch_size"),
-    (["seed=abc"], "seed"),
+    (["model.dropout=1.5"], "model.dropout=1.5"),
+    (["model=cvt7", "data.image_size=30"], "model.patch_size=4"),
+    (["seed=abc"], "error: seed=abc: expected an integer"),
     (["trainer.deterministic=maybe"], "trainer.deterministic"),
-    (["attention=shift", "alpha=linear", "alpha.unit=hour"], "alpha.unit"),
-    (["model=["], "model"),
+    (["attention=shift", "alpha=linear", "alpha.unit=hour"], "alpha.unit=hour"),
+    (["model=["], "model=["),
+    # the preflight builds the job: what only a constructor or a forward can know
+    (["model=vit", "attention=convnn"], "attention.K=9: must not exceed the 5 tokens"),
+    (["model=hybrid_seed003", "attention=convnn"], "attention.K=9"),
+    (["model=deepvit", "attention=convnn", "attention.K=3"], "model.reattention=true"),
+    (["model=cct2", "model.kernel_size=0"], "model.kernel_size=0: must be ≥ 1"),
+    (["model=cnn", "data.image_size=5"], "model.image_size=5: the conv stem needs at least 6 pixels"),
+    (["attention.layers=[99]"], "attention.layers=[99]"),
+    (["attention=remix", "alpha=linear", "alpha.ramp_begin=5", "alpha.ramp_end=2"], "alpha.ramp_end=2.0"),
+    (["data.val_split=0.9999"], "data.val_split=0.9999: leaves 0"),
+    (["attention=convnn", "attention.sampling=spatial", "attention.samples=65"], "attention.samples=65"),
+    (["model=vit", "model.head_dim=0"], "model.head_dim=0"),
+    (["scheduler.warmup_epochs=-1"], "scheduler.warmup_epochs=-1"),
+    (["attention=softmax_v", "attention.scale=-1"], "attention.scale=-1"),
+    (["data.loader=gpu"], "data.loader=gpu"),
+    (["attention.value_map.nope=1"], "attention.value_map"),
 ]
 DATA_ERRORS = [
     (["data=cifar10", "data.root=EMPTY"], "cifar-10-batches-py"),
     (["data=cifar100", "data.root=EMPTY"], "cifar-100-python"),
     (["data=mnist", "data.root=EMPTY"], "t10k-images-idx3-ubyte"),
+    (["data=mnist", "data.root=CORRUPT"], "train-labels-idx1-ubyte: not an IDX file"),
+    (["data=mnist", "data.root=TRUNCATED"], "t10k-images-idx3-ubyte: truncated"),
 ]
 
 
@@ -62,26 +80,90 @@ def assert_one_line_error(proc, needle: str, code: int) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def write_idx(path: Path, dims: tuple[int, ...], body: bytes | None = None, magic: bytes = b"\x00\x00\x08") -> None:
+    header = magic + bytes([len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+    path.write_bytes(header + (bytes(int(np.prod(dims))) if body is None else body))
+
+
+def mnist_folder(root: Path, broken: str | None = None, truncated: str | None = None) -> None:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, n in (("train", 20), ("t10k", 10)):
+        write_idx(raw / f"{split}-images-idx3-ubyte", (n, 28, 28))
+        write_idx(raw / f"{split}-labels-idx1-ubyte", (n,))
+    if broken:
+        write_idx(raw / broken, (20,), magic=b"\x00\x00\x0d")  # float IDX: not MNIST's
+    if truncated:
+        path = raw / truncated
+        path.write_bytes(path.read_bytes()[:-100])
+
+
+@pytest.fixture
+def battery_dir(tmp_path, monkeypatch):
+    """A working folder with an empty, a corrupt and a truncated dataset root."""
+    (tmp_path / "EMPTY").mkdir()
+    mnist_folder(tmp_path / "CORRUPT", broken="train-labels-idx1-ubyte")
+    mnist_folder(tmp_path / "TRUNCATED", truncated="t10k-images-idx3-ubyte")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+class Exit:
+    """What main(argv) did, shaped like a finished process."""
+
+    def __init__(self, returncode: int, stderr: str):
+        self.returncode, self.stderr = returncode, stderr
+
+
+def run_main(argv: list[str], capsys) -> Exit:
+    from attnexp.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    return Exit(code, capsys.readouterr().err)
+
+
 @pytest.mark.parametrize("overrides,needle", CONFIG_ERRORS + DATA_ERRORS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(overrides, needle, workdir):
-    (workdir / "EMPTY").mkdir()
-    started = time.perf_counter()
-    proc = run_cli(*overrides, cwd=workdir)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(overrides, needle, battery_dir, capsys):
+    data = [] if any(o.startswith("data=") for o in overrides) else ["data=fake"]
+    proc = run_main([*overrides, *data], capsys)
     assert_one_line_error(proc, needle, code=2)
-    assert not (workdir / "outputs").exists() and not (workdir / "multirun").exists()
-    assert time.perf_counter() - started < 30  # no torch import on this path (benchmarks measure it properly)
+    assert not (battery_dir / "outputs").exists() and not (battery_dir / "multirun").exists()
 
 
-def test_unknown_choice_lists_the_available_ones(workdir):
-    proc = run_cli("model=cct3", cwd=workdir)
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["optimizer.lr=abc"], "optimizer.lr=abc: expected a number"),  # a type: torch-free
+        (["model=vit", "attention=convnn", "data=fake"], "attention.K=9"),  # a value: the preflight
+        (["data=mnist", "data.root=CORRUPT"], "not an IDX file"),  # a file's header
+    ],
+)
+def test_bad_input_through_the_real_console_script(overrides, needle, battery_dir):
+    proc = run_cli(*overrides, cwd=battery_dir)
+    assert_one_line_error(proc, needle, code=2)
+    assert not (battery_dir / "outputs").exists()
+
+
+def test_unknown_choice_lists_the_available_ones(battery_dir, capsys):
+    proc = run_main(["model=cct3"], capsys)
     assert_one_line_error(proc, "cct2", code=2)
     assert "cct7" in proc.stderr and "vitlite7" in proc.stderr
 
 
-def test_bad_sweep_value_fails_before_any_job(workdir):
-    proc = run_cli("-m", "debug=tiny", "optimizer.lr=1e-3,abc", cwd=workdir)
+def test_bad_sweep_value_fails_before_any_job(battery_dir, capsys):
+    proc = run_main(["-m", "debug=tiny", "optimizer.lr=1e-3,abc"], capsys)
     assert_one_line_error(proc, "optimizer.lr=abc", code=2)
-    assert not (workdir / "multirun").exists()
+    assert not (battery_dir / "multirun").exists()
+
+
+def test_a_bad_value_in_a_later_sweep_job_fails_before_the_first_starts(battery_dir, capsys):
+    proc = run_main(["-m", "debug=tiny", "model=cct2", "model.kernel_size=3,0"], capsys)
+    assert_one_line_error(proc, "model.kernel_size=0", code=2)
+    assert not (battery_dir / "multirun").exists()
 
 
 # ---------------------------------------------------------------- bad checkpoints (found at run time)

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnexp import build_model
-from attnexp.config.validate import ConfigError
+from attnexp.errors import ConfigError
 from attnexp.layers.attention import Attention
 from attnexp.layers.value_maps import Identity, Remix, TokenSoftmax
 from attnexp.models.vit import PatchEmbedding
-from conftest import compose, run_cli, run_dirs
+from conftest import check, compose, run_cli, run_dirs
 
 DATASETS = ("mnist", "cifar10", "cifar100")
 
@@ -234,7 +234,7 @@ def test_attention_choices_reach_every_block(model, attention, value_map):
 )
 def test_bad_seed003_settings_are_config_errors(overrides, key):
     with pytest.raises(ConfigError) as err:
-        compose(*overrides, "data=mnist")
+        check(*overrides, "data=fake")
     assert err.value.key == key
 
 

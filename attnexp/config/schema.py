@@ -1,39 +1,29 @@
-"""Dataclass schemas: the type of every knob, so a wrong type or an unknown key fails at start-up.
+"""Structured-config schemas: the type of every knob, so a wrong type or an unknown key fails
+while Hydra composes, before torch is imported.
 
-A group node is checked against the schema registered for its `_target_`
-(`SCHEMAS`); the plain nodes (`trainer`, `sweep`, top level) have fixed schemas.
-A new model or attention class registers its schema here beside the yaml that
-targets it.
+One dataclass per constructor a config group targets; its fields are exactly
+that constructor's parameters (tests/test_schemas.py asserts it), plus
+`_target_` / `_partial_`, minus what the code injects (`INJECTED`), plus keys
+another object consumes (`ROUTED`). Values are checked by the constructors
+themselves when the preflight builds the job; nothing here restates a range.
+
+Each yaml attaches its schema through its defaults list
+(`- /schema/<group>/<name>@_here_`). They live in the `schema/` tree of
+Hydra's ConfigStore, which attnexp's help and "available:" lists never show.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+# ---------------------------------------------------------------- data
 
 
 @dataclass
-class TrainerSchema:
-    accelerator: str = "auto"  # auto | cpu | gpu | cuda
-    devices: Any = 1  # int or "auto"
-    strategy: str = "auto"
-    precision: str = "auto"  # auto = bf16-mixed on GPU, 32 on CPU
-    max_epochs: int = 200
-    deterministic: bool = False
-    check_val_every_n_epoch: int = 1
-    limit_train_batches: Optional[float] = None  # ≤ 1.0: fraction, > 1: batch count
-    limit_val_batches: Optional[float] = None
-    gradient_clip_val: float = 0.0
-    num_threads: Optional[int] = None  # torch.set_num_threads on CPU; None = torch's default
-    log_every_n_steps: int = 50
-    progress_bar: str = "auto"  # auto (only on a terminal) | on | off
-    detect_anomaly: bool = False
-    compile: bool = False  # torch.compile the backbone
-    matmul_precision: str = "high"
-
-
-@dataclass
-class DataSchema:
+class ImageDataSchema:
     _target_: str = "attnexp.data.datamodule.ImageDataModule"
     name: str = "cifar10"
     root: str = "data"
@@ -42,15 +32,19 @@ class DataSchema:
     in_channels: int = 3
     image_size: int = 32
     batch_size: int = 128
-    eval_batch_size: int = 256
+    eval_batch_size: int = 128
     num_workers: int = 0
     val_split: float = 0.0
-    mean: list = field(default_factory=list)
-    std: list = field(default_factory=list)
-    loader: str = "auto"  # auto | device | torchvision
+    mean: List[float] = field(default_factory=list)
+    std: List[float] = field(default_factory=list)
+    loader: str = "auto"
     augment: Any = None
-    train_size: Optional[int] = None  # fake data / subsets
+    train_size: Optional[int] = None
     test_size: Optional[int] = None
+    INJECTED: ClassVar[tuple] = ("seed",)  # the run's seed (top-level `seed`)
+
+
+# ---------------------------------------------------------------- models
 
 
 @dataclass
@@ -74,10 +68,11 @@ class CompactTransformerSchema:
     drop_path: float = 0.1
     attn_layer: Any = None
     seqpool_value: Any = None
-    layout: str = "cct"  # cct (official norm placement) | pre (textbook pre-norm)
+    layout: str = "cct"
     qkv_bias: bool = False
     pretrained: Optional[str] = None
     official_name: Optional[str] = None
+    ROUTED: ClassVar[tuple] = ("pretrained", "official_name")  # read by attnexp.build, not the constructor
 
 
 @dataclass
@@ -90,6 +85,7 @@ class CNNSchema:
     feature_dropout: float = 0.25
     hidden_dropout: float = 0.5
     pretrained: Optional[str] = None
+    ROUTED: ClassVar[tuple] = ("pretrained",)
 
 
 @dataclass
@@ -99,7 +95,7 @@ class ViTSchema:
     in_channels: int = 3
     image_size: int = 32
     patches_per_side: int = 2
-    declared_image_size: Any = None  # null | an integer | pixel_count (seed 003's quirk)
+    declared_image_size: Any = None  # null | an integer | pixel_count
     dim: int = 128
     num_layers: int = 6
     num_heads: int = 4
@@ -108,9 +104,10 @@ class ViTSchema:
     dropout: float = 0.1
     attn_drop: float = 0.1
     emb_dropout: float = 0.1
-    reattention: bool = False  # DeepViT
+    reattention: bool = False
     attn_layer: Any = None
     pretrained: Optional[str] = None
+    ROUTED: ClassVar[tuple] = ("pretrained",)
 
 
 @dataclass
@@ -118,73 +115,131 @@ class HybridSchema(ViTSchema):
     _target_: str = "attnexp.models.vit.Hybrid"
     in_channels: int = 1
     image_size: int = 28
+    FORWARDS_TO: ClassVar[str] = "attnexp.models.vit.ViT"  # Hybrid(**vit_options) hands the rest on
+
+
+# ---------------------------------------------------------------- attention (attnexp/layers/contract.py)
+# The contract's keywords are null here: the backbone passes them; a value set in the
+# config wins over the backbone's (layers.block.bind_attention).
 
 
 @dataclass
-class AttentionSchema:
-    _target_: str = "attnexp.layers.attention.Attention"
+class ContractSchema:
     _partial_: bool = True
-    impl: str = "auto"
-    scale: Optional[float] = None
-    layers: Optional[list] = None
-    value_map: Any = None
+    dim: Optional[int] = None
+    num_heads: Optional[int] = None
+    head_dim: Optional[int] = None
     qkv_bias: Optional[bool] = None
+    attn_drop: Optional[float] = None
+    proj_drop: Optional[float] = None
+    layers: Optional[List[int]] = None
+    ROUTED: ClassVar[tuple] = ("layers",)  # read by the backbone (layers.block.attention_per_block)
 
 
 @dataclass
-class ConvNNAttentionSchema:
-    """attnexp.layers.convnn.ConvNNAttention (seed 004); allowed values are checked in validate.py."""
+class AttentionSchema(ContractSchema):
+    _target_: str = "attnexp.layers.attention.Attention"
+    scale: Optional[float] = None
+    impl: str = "auto"
+    value_map: Any = None
+    reattention: Optional[bool] = None
 
+
+@dataclass
+class ConvNNAttentionSchema(ContractSchema):
     _target_: str = "attnexp.layers.convnn.ConvNNAttention"
-    _partial_: bool = True
-    K: int = 9  # neighbours per token
-    num_heads: Optional[int] = None  # None = the backbone's
-    similarity: str = "cosine"  # cosine | euclidean
-    projection: str = "kqv"  # kqv | v | kq | none
+    K: int = 9
+    similarity: str = "cosine"
+    projection: str = "kqv"
     softmax_similarity: bool = False
     topk_softmax: bool = False
     topk_normalize: bool = False
     temperature: float = 1.0
-    sampling: str = "all"  # all | spatial | random
+    sampling: str = "all"
     samples: Optional[int] = None
-    prime_conv: str = "regular"  # regular | depthwise
+    prime_conv: str = "regular"
     prime_dropout: bool = True
-    head_layout: str = "split"  # split | v_d_over_h2 | v_h
-    branch: str = "none"  # none | conv1d | attention
+    head_layout: str = "split"
+    branch: str = "none"
     branch_ratio: float = 0.5
-    layers: Optional[list] = None
-    qkv_bias: Optional[bool] = None  # None = the backbone's
+
+
+# ---------------------------------------------------------------- value maps (seqpool group)
 
 
 @dataclass
-class ValueMapSchema:
+class PlainMapSchema:
     _target_: str = "attnexp.layers.value_maps.Identity"
-    alpha: Optional[float] = None
-    scale: Optional[float] = None
 
 
 @dataclass
-class AlphaSchema:
-    _target_: str = ""
-    value: float = 0.0
-    start: float = 0.0
-    end: float = 1.0
-    ramp_begin: float = 0.0
-    ramp_end: float = 1.0
+class ScaledMapSchema:
+    _target_: str = "attnexp.layers.value_maps.TokenSoftmax"
+    scale: float = 1.0
+
+
+@dataclass
+class AlphaMapSchema:
+    _target_: str = "attnexp.layers.value_maps.Remix"
+    alpha: Optional[float] = None  # null: driven by the alpha schedule
+
+
+# ---------------------------------------------------------------- α schedules (attnexp/schedules.py)
+
+
+@dataclass
+class AlphaScheduleSchema:
     unit: str = "epoch"
-    points: list = field(default_factory=list)
     allow_extrapolation: bool = False
 
 
 @dataclass
-class AdamWSchema:
+class ConstantAlphaSchema(AlphaScheduleSchema):
+    _target_: str = "attnexp.schedules.ConstantAlpha"
+    value: float = 0.0
+
+
+@dataclass
+class RampAlphaSchema(AlphaScheduleSchema):
+    _target_: str = "attnexp.schedules.LinearAlpha"
+    start: float = 0.0
+    end: float = 1.0
+    ramp_begin: float = 0.0
+    ramp_end: float = 1.0
+
+
+@dataclass
+class StepAlphaSchema(AlphaScheduleSchema):
+    _target_: str = "attnexp.schedules.StepAlpha"
+    points: List[Any] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- optimizers and schedulers (torch's own)
+
+
+@dataclass
+class AdamSchema:
     _target_: str = "torch.optim.AdamW"
     _partial_: bool = True
-    lr: float = 5e-4
-    weight_decay: float = 3e-2
-    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    lr: float = 1e-3
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    fused: Optional[bool] = None
+    weight_decay: float = 0.0
+    amsgrad: bool = False
+    maximize: bool = False
+    foreach: Optional[bool] = None
+    capturable: bool = False
+    differentiable: bool = False
+    fused: Optional[bool] = None  # null: the fused kernel on a GPU, torch's default elsewhere
+    INJECTED: ClassVar[tuple] = ("params",)
+
+
+@dataclass
+class AdamWithDecoupledSchema(AdamSchema):
+    """torch.optim.Adam also takes decoupled_weight_decay (AdamW's rule as a switch)."""
+
+    _target_: str = "torch.optim.Adam"
+    decoupled_weight_decay: bool = False
 
 
 @dataclass
@@ -200,6 +255,31 @@ class StepLRSchema:
     _partial_: bool = True
     step_size: int = 1
     gamma: float = 0.7
+    last_epoch: int = -1
+    INJECTED: ClassVar[tuple] = ("optimizer",)
+
+
+# ---------------------------------------------------------------- plain nodes
+
+
+@dataclass
+class TrainerSchema:
+    accelerator: str = "auto"  # auto | cpu | gpu | cuda
+    devices: Any = 1  # int or "auto"
+    strategy: str = "auto"
+    precision: str = "auto"  # auto = bf16-mixed on GPU, 32 on CPU
+    max_epochs: int = 200
+    deterministic: bool = False
+    check_val_every_n_epoch: int = 1
+    limit_train_batches: Optional[float] = None  # ≤ 1.0: fraction, > 1: batch count
+    limit_val_batches: Optional[float] = None
+    gradient_clip_val: float = 0.0
+    num_threads: Optional[int] = None  # torch.set_num_threads on CPU; None = torch's default
+    log_every_n_steps: int = 50
+    progress_bar: str = "auto"  # auto (only on a terminal) | on | off
+    detect_anomaly: bool = False
+    compile: bool = False  # torch.compile the backbone
+    matmul_precision: str = "high"
 
 
 @dataclass
@@ -209,37 +289,58 @@ class SweepSchema:
 
 
 @dataclass
-class TopSchema:
+class RootSchema:
+    """The top level: its own knobs, and the group nodes (each typed by its own schema)."""
+
     mode: str = "train"  # train | eval | summary
     seed: int = 0
     ckpt_path: Optional[str] = None
     label_smoothing: float = 0.1
-    required: list = field(default_factory=list)
+    required: List[str] = field(default_factory=list)
+    sweep: SweepSchema = field(default_factory=SweepSchema)
+    data: Any = None
+    model: Any = None
+    attention: Any = None
+    seqpool: Any = None
+    alpha: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    trainer: Any = None
+    callbacks: Any = None
+    # experiment=convnn_ablation: which of its lines (a key of convnn_lines) the attention keys read
+    convnn_line: Optional[str] = None
+    convnn_lines: Any = None
 
 
+# (ConfigStore path under schema/, dataclass); the yamls name these paths
 SCHEMAS: dict[str, type] = {
-    "attnexp.data.datamodule.ImageDataModule": DataSchema,
-    "attnexp.models.cct.CompactTransformer": CompactTransformerSchema,
-    "attnexp.models.cnn.CNN": CNNSchema,
-    "attnexp.models.vit.ViT": ViTSchema,
-    "attnexp.models.vit.Hybrid": HybridSchema,
-    "attnexp.layers.attention.Attention": AttentionSchema,
-    "attnexp.layers.convnn.ConvNNAttention": ConvNNAttentionSchema,
-    "attnexp.layers.value_maps.Identity": ValueMapSchema,
-    "attnexp.layers.value_maps.TokenSoftmax": ValueMapSchema,
-    "attnexp.layers.value_maps.BatchSoftmax": ValueMapSchema,
-    "attnexp.layers.value_maps.Remix": ValueMapSchema,
-    "attnexp.layers.value_maps.Shift": ValueMapSchema,
-    "attnexp.schedules.ConstantAlpha": AlphaSchema,
-    "attnexp.schedules.LinearAlpha": AlphaSchema,
-    "attnexp.schedules.CosineAlpha": AlphaSchema,
-    "attnexp.schedules.StepAlpha": AlphaSchema,
-    "torch.optim.AdamW": AdamWSchema,
-    "torch.optim.Adam": AdamWSchema,
-    "attnexp.schedules.WarmupCosine": WarmupCosineSchema,
-    "torch.optim.lr_scheduler.StepLR": StepLRSchema,
+    "root": RootSchema,
+    "data/image": ImageDataSchema,
+    "model/compact_transformer": CompactTransformerSchema,
+    "model/cnn": CNNSchema,
+    "model/vit": ViTSchema,
+    "model/hybrid": HybridSchema,
+    "attention/attention": AttentionSchema,
+    "attention/convnn": ConvNNAttentionSchema,
+    "seqpool/plain": PlainMapSchema,
+    "seqpool/scaled": ScaledMapSchema,
+    "seqpool/alpha": AlphaMapSchema,
+    "alpha/constant": ConstantAlphaSchema,
+    "alpha/ramp": RampAlphaSchema,
+    "alpha/step": StepAlphaSchema,
+    "optimizer/adam": AdamSchema,
+    "optimizer/adam_decoupled": AdamWithDecoupledSchema,
+    "scheduler/warmup_cosine": WarmupCosineSchema,
+    "scheduler/step_lr": StepLRSchema,
+    "trainer/trainer": TrainerSchema,
 }
 
-# nodes checked against a fixed schema (the rest by their _target_)
-FIXED = {"trainer": TrainerSchema, "sweep": SweepSchema}
-GROUPS_BY_TARGET = ("data", "model", "attention", "seqpool", "alpha", "optimizer", "scheduler")
+
+def register() -> None:
+    store = ConfigStore.instance()
+    for path, schema in SCHEMAS.items():
+        group, _, name = path.rpartition("/")
+        store.store(group=f"schema/{group}" if group else "schema", name=name, node=schema)
+
+
+register()

@@ -7,8 +7,12 @@ import torch
 
 from attnexp.data import sources
 from attnexp.data.augment import build_augment
+from attnexp.data.files import check_dataset, split_sizes
 from attnexp.data.loader import TensorLoader
 from attnexp.data.sources import Split
+from attnexp.errors import require
+
+LOADERS = ("auto", "device", "torchvision")
 
 SOURCES = {
     "cifar10": sources.cifar10,
@@ -41,8 +45,18 @@ class ImageDataModule(pl.LightningDataModule):
         seed: int = 0,
     ):
         super().__init__()
-        if name not in SOURCES:
-            raise ValueError(f"data.name={name}: one of {', '.join(SOURCES)}")
+        require(name in SOURCES, "name", name, f"one of {', '.join(SOURCES)}")
+        require(loader in LOADERS, "loader", loader, f"one of {', '.join(LOADERS)}")
+        for arg, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size), ("num_classes", num_classes)):
+            require(value >= 1, arg, value, "must be ≥ 1")
+        for arg, value in (("in_channels", in_channels), ("image_size", image_size)):
+            require(value >= 1, arg, value, "must be ≥ 1")
+        require(num_workers >= 0, "num_workers", num_workers, "must be ≥ 0")
+        require(0.0 <= val_split < 1.0, "val_split", val_split, "a fraction in [0, 1)")
+        for arg, stats in (("mean", mean), ("std", std)):
+            require(not stats or len(stats) == in_channels, arg, stats, f"one value per channel ({in_channels})")
+        require(not std or all(v > 0 for v in std), "std", std, "every value must be > 0")
+        build_augment(augment, "batched")  # an unknown policy or key fails here, not in the first epoch
         self.name, self.root, self.download = name, root, download
         self.num_classes, self.in_channels, self.image_size = num_classes, in_channels, image_size
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
@@ -51,6 +65,24 @@ class ImageDataModule(pl.LightningDataModule):
         self.std = list(std) if std else [0.5] * in_channels
         self.sizes = {k: v for k, v in (("train_size", train_size), ("test_size", test_size)) if v is not None}
         self.train: Split | None = None
+
+    def split_sizes(self) -> tuple[int, int]:
+        """(train, test) image counts, from the files' headers or the source's own size; nothing is loaded."""
+        on_disk = split_sizes(self.name, self.root)
+        if on_disk is not None:
+            return on_disk
+        return sources.SIZES[self.name](**self.sizes)
+
+    def check(self) -> None:
+        """What start-up can know without loading: the files and the splits they make."""
+        check_dataset(self.name, self.root, self.download)
+        if self.download and sources.SIZES.get(self.name) is None and split_sizes(self.name, self.root) is None:
+            return  # to be downloaded: sizes unknown until then
+        train, test = self.split_sizes()
+        n_val = int(round(train * self.val_split))
+        left = f"leaves {train - n_val} of the {train} training images for training and {n_val} for validation"
+        require(0 < n_val < train or self.val_split == 0, "val_split", self.val_split, f"{left}: both need ≥ 1")
+        require(test >= 1, "test_size", test, "the test split is empty")
 
     def load(self) -> tuple[Split, Split]:
         """(train, test) uint8 tensors at the configured image size."""

@@ -65,6 +65,9 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
+DIGITS_COUNT = 1797  # images in scikit-learn's digits
+
+
 def digits(image_size: int = 32, val_fraction: float = 0.2, **_) -> tuple[Split, Split]:
     """scikit-learn's 1,797 real 8×8 handwritten digits (shipped inside the package, no download).
 
@@ -80,6 +83,15 @@ def digits(image_size: int = 32, val_fraction: float = 0.2, **_) -> tuple[Split,
     n_val = int(round(len(labels) * val_fraction))
     full = Split(resize(images, image_size), labels)
     return full.subset(order[n_val:]), full.subset(order[:n_val])
+
+
+def fake_sizes(train_size: int = 256, test_size: int = 128, **_) -> tuple[int, int]:
+    return train_size, test_size
+
+
+def digits_sizes(val_fraction: float = 0.2, **_) -> tuple[int, int]:
+    n_val = int(round(DIGITS_COUNT * val_fraction))
+    return DIGITS_COUNT - n_val, n_val
 
 
 def fake(
@@ -101,3 +113,7 @@ def fake(
         return Split(images, labels)
 
     return make(train_size), make(test_size)
+
+
+# (train, test) sizes of the sources that are not files on disk (those come from their headers)
+SIZES = {"digits": digits_sizes, "fake": fake_sizes}

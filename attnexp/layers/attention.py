@@ -18,9 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnexp.errors import require, require_rate
+from attnexp.layers.contract import AttentionLayer
 from attnexp.layers.value_maps import Identity
 
 IMPLS = ("auto", "sdpa", "explicit")
+
+
+def key_mask(attn_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, N) bool of real tokens → (B, 1, 1, N), broadcast over heads and queries."""
+    return None if attn_mask is None else attn_mask[:, None, None, :]
 
 
 class ReAttention(nn.Module):
@@ -37,7 +44,11 @@ class ReAttention(nn.Module):
         return self.reattn_norm(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class Attention(nn.Module):
+class Attention(AttentionLayer):
+    """softmax(c·QKᵀ)·f(V), f the value map (identity: classic attention)."""
+
+    has_attention_maps = True
+
     def __init__(
         self,
         dim: int,
@@ -52,8 +63,13 @@ class Attention(nn.Module):
         head_dim: int | None = None,
     ):
         super().__init__()
-        if impl not in IMPLS:
-            raise ValueError(f"impl={impl!r}: expected one of {IMPLS}")
+        require(impl in IMPLS, "impl", impl, f"one of {', '.join(IMPLS)}")
+        require(num_heads >= 1, "num_heads", num_heads, "must be ≥ 1")
+        require(bool(head_dim) or dim % num_heads == 0, "num_heads", num_heads, f"must divide the width {dim}")
+        require(head_dim is None or head_dim >= 1, "head_dim", head_dim, "must be ≥ 1")
+        require(scale is None or scale > 0, "scale", scale, "must be > 0 (or null: head_dim^-0.5)")
+        require_rate("attn_drop", attn_drop)
+        require_rate("proj_drop", proj_drop)
         self.num_heads = num_heads
         # head_dim decouples the inner width from `dim` (the seed-003 ViT: 4 heads × 64 on a 128 stream)
         self.head_dim = head_dim or dim // num_heads
@@ -66,16 +82,17 @@ class Attention(nn.Module):
         self.value_map = value_map if value_map is not None else Identity()
         self.reattn = ReAttention(num_heads) if reattention else None
         self.fused = impl == "sdpa" or (impl == "auto" and not reattention)
-        if self.fused and reattention:
-            raise ValueError("impl='sdpa' cannot serve re-attention: it needs the explicit maps")
+        require(not (self.fused and reattention), "impl", impl, "re-attention (DeepViT) needs the explicit maps: use auto or explicit")
         # set to a dict by the attention_stats callback to collect V / map statistics
         self.stats: dict | None = None
 
-    def attention_maps(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    def attention_maps(self, q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         attn = (q @ k.transpose(-2, -1)) * self.scale  # (B, h, N, N)
+        if attn_mask is not None:
+            attn = attn.masked_fill(~key_mask(attn_mask), float("-inf"))
         return attn.softmax(dim=-1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, N, _ = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, h, N, hd)
@@ -84,9 +101,9 @@ class Attention(nn.Module):
             self._record(q, k, v, v_mapped)
         if self.fused:
             p = self.attn_drop.p if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v_mapped, dropout_p=p, scale=self.scale)
+            out = F.scaled_dot_product_attention(q, k, v_mapped, key_mask(attn_mask), dropout_p=p, scale=self.scale)
         else:
-            attn = self.attention_maps(q, k)
+            attn = self.attention_maps(q, k, attn_mask)
             if self.reattn is not None:
                 attn = self.reattn(attn)
             out = self.attn_drop(attn) @ v_mapped  # (B, h, N, hd)

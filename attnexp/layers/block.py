@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from attnexp.errors import require, require_rate
+
 LAYOUTS = ("cct", "pre")
 
 
@@ -51,14 +53,23 @@ class TransformerBlock(nn.Module):
         drop_path: float = 0.0,
         layout: str = "cct",
         proj_drop: float | None = None,
+        head_dim: int | None = None,
+        qkv_bias: bool = False,
     ):
         super().__init__()
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
+        require(layout in LAYOUTS, "layout", layout, f"one of {', '.join(LAYOUTS)}")
+        for name, rate in (("dropout", dropout), ("attn_drop", attn_drop), ("drop_path", drop_path)):
+            require_rate(name, rate)
         self.norm_stream = layout == "cct"
         self.pre_norm = nn.LayerNorm(dim)
+        # exactly the contract's keywords (attnexp/layers/contract.py)
         self.self_attn = attn_layer(
-            dim=dim, num_heads=num_heads, attn_drop=attn_drop, proj_drop=dropout if proj_drop is None else proj_drop
+            dim=dim,
+            num_heads=num_heads,
+            head_dim=head_dim,
+            qkv_bias=qkv_bias,
+            attn_drop=attn_drop,
+            proj_drop=dropout if proj_drop is None else proj_drop,
         )
         self.linear1 = nn.Linear(dim, mlp_hidden)
         self.dropout1 = nn.Dropout(dropout)
@@ -71,8 +82,8 @@ class TransformerBlock(nn.Module):
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout2(self.linear2(self.dropout1(self.activation(self.linear1(x)))))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.self_attn(self.pre_norm(x)))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.self_attn(self.pre_norm(x), attn_mask=attn_mask))
         if self.norm_stream:
             x = self.norm1(x)
             return x + self.drop_path(self.mlp(x))
@@ -119,6 +130,9 @@ def attention_per_block(attn_layer: Callable[..., nn.Module], depth: int, **defa
     chosen = bind_attention(attn_layer, **defaults)
     if layers is None:
         return [chosen] * depth
+    layers = list(layers)
+    ok = len(layers) > 0 and all(isinstance(i, int) and 0 <= i < depth for i in layers)
+    require(ok, "layers", layers, f"block indices in 0..{depth - 1} (this model has {depth} blocks)", group="attention")
     plain_keywords = {k: keywords[k] for k in ("impl", "qkv_bias") if keywords.get(k) is not None}
     plain = bind_attention(functools.partial(Attention, **plain_keywords), **defaults)
     return [chosen if i in set(layers) else plain for i in range(depth)]

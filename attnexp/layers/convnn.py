@@ -39,6 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnexp.errors import ArgumentError, require
+from attnexp.layers.contract import AttentionLayer, inner_width
+
 # ---------------------------------------------------------------- similarity
 
 
@@ -138,16 +141,16 @@ class ConvNNMixer(nn.Module):
         super().__init__()
         projected = PROJECTIONS[projection]
         v_channels, sim_heads = HEAD_LAYOUTS[head_layout]
-        if head_layout != "split" and "v" not in projected:
-            raise ValueError(f"head_layout={head_layout!r} narrows V's projection: needs projection kqv or v")
-        if sampling != "all" and not samples:
-            raise ValueError(f"sampling={sampling!r} needs samples ≥ 1")
+        require(head_layout == "split" or "v" in projected, "head_layout", head_layout, "narrows V's projection: needs projection=kqv or v")
+        require(sampling == "all" or (samples or 0) >= 1, "samples", samples, f"sampling={sampling} needs samples ≥ 1")
+        require(K >= 1, "K", K, "must be ≥ 1")
+        require(temperature > 0, "temperature", temperature, "must be > 0")
         self.K, self.heads = K, sim_heads(num_heads)
         qk_width = width if "q" in projected else dim
         v_width = v_channels(width, num_heads) if "v" in projected else dim
-        for name, channels in (("q/k", qk_width), ("v", v_width), ("output", width)):
-            if channels < 1 or channels % self.heads:
-                raise ValueError(f"{name} width {channels} does not split into {self.heads} heads")
+        for name, channels in (("q/k", qk_width), ("V", v_width), ("output", width)):
+            ok = channels >= 1 and channels % self.heads == 0
+            require(ok, "num_heads", num_heads, f"the {name} width {channels} does not split into {self.heads} heads")
         self.q = nn.Linear(dim, width, bias=qkv_bias) if "q" in projected else nn.Identity()
         self.k = nn.Linear(dim, width, bias=qkv_bias) if "k" in projected else nn.Identity()
         self.v = nn.Linear(dim, v_width, bias=qkv_bias) if "v" in projected else nn.Identity()
@@ -163,6 +166,8 @@ class ConvNNMixer(nn.Module):
         """Indices of the tokens the similarity is computed against (None: all of them)."""
         if self.sampling == "all":
             return None
+        patches = grid_layout(num_tokens)[1] ** 2
+        require(self.samples <= patches, "samples", self.samples, f"at most the {patches} patches")
         if self.sampling == "random" and self.training:
             return random_candidates(num_tokens, self.samples, device)
         return spatial_candidates(num_tokens, self.samples, device)
@@ -171,7 +176,8 @@ class ConvNNMixer(nn.Module):
         """(B, h, N, c) queries, (B, h, M, c) candidate keys → (B, h, N, K) weights and candidate indices."""
         N, M = q.shape[2], k.shape[2]
         if self.K > M:
-            raise ValueError(f"K={self.K} exceeds the {M} tokens the similarity is computed against")
+            what = "tokens" if self.sampling == "all" else f"tokens of the {self.sampling} sample"
+            raise ArgumentError("K", self.K, f"must not exceed the {M} {what} the similarity is computed against")
         scores = self.score(q, k)  # (B, h, N, M)
         cand = torch.arange(M, device=q.device) if cand is None else cand
         is_self = torch.arange(N, device=q.device)[:, None] == cand[None, :]  # (N, M)
@@ -223,8 +229,7 @@ class SoftmaxHeads(nn.Module):
 
     def __init__(self, dim: int, width: int, num_heads: int, K: int, qkv_bias: bool, attn_drop: float):
         super().__init__()
-        if width % num_heads:
-            raise ValueError(f"attention branch width {width} does not split into {num_heads} heads")
+        require(width % num_heads == 0, "num_heads", num_heads, f"the attention branch's width {width} does not split into {num_heads} heads")
         self.num_heads = num_heads
         self.q = nn.Linear(dim, width, bias=qkv_bias)
         self.k = nn.Linear(dim, width, bias=qkv_bias)
@@ -243,12 +248,14 @@ BRANCHES = {"none": None, "conv1d": TokenConv1d, "attention": SoftmaxHeads}
 # ---------------------------------------------------------------- the attention layer
 
 
-class ConvNNAttention(nn.Module):
+class ConvNNAttention(AttentionLayer):
     """(B, N, dim) → (B, N, dim): ConvNN mixing (optionally beside a second branch), then the output projection.
 
-    Takes the block's arguments (dim, num_heads, attn_drop, proj_drop, qkv_bias) like
-    `Attention`; attn_drop is the rate of the dropout after the prime conv and of the
-    attention branch's maps.
+    Takes the contract's keywords (attnexp/layers/contract.py). attn_drop is the rate
+    of the dropout after the prime conv and of the attention branch's maps. head_dim
+    is honoured as in `Attention`: ConvNN and its branch work in num_heads · head_dim
+    channels, which the output projection maps back to dim (seed 003's ViTs: 4 × 64
+    on a 128-wide stream).
     """
 
     def __init__(
@@ -259,6 +266,7 @@ class ConvNNAttention(nn.Module):
         qkv_bias: bool = False,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        head_dim: int | None = None,
         similarity: str = "cosine",
         projection: str = "kqv",
         softmax_similarity: bool = False,
@@ -282,11 +290,11 @@ class ConvNNAttention(nn.Module):
             ("head_layout", head_layout, HEAD_LAYOUTS),
             ("branch", branch, BRANCHES),
         ):
-            if value not in allowed:
-                raise ValueError(f"{name}={value!r}: expected one of {tuple(allowed)}")
-        if not 0.0 <= branch_ratio <= 1.0:
-            raise ValueError(f"branch_ratio={branch_ratio}: expected a fraction in [0, 1]")
-        convnn_width = dim if branch == "none" else round(dim * branch_ratio)
+            require(value in allowed, name, value, f"one of {', '.join(allowed)}")
+        require(0.0 <= branch_ratio <= 1.0, "branch_ratio", branch_ratio, "a fraction in [0, 1]")
+        require(num_heads >= 1, "num_heads", num_heads, "must be ≥ 1")
+        inner = inner_width(dim, num_heads, head_dim)
+        convnn_width = inner if branch == "none" else round(inner * branch_ratio)
         self.convnn = None
         if convnn_width:
             self.convnn = ConvNNMixer(
@@ -295,11 +303,13 @@ class ConvNNAttention(nn.Module):
                 prime_conv, prime_dropout, head_layout,
             )  # fmt: skip
         other = BRANCHES[branch]
-        self.branch = other(dim, dim - convnn_width, num_heads, K, qkv_bias, attn_drop) if other and dim > convnn_width else None
-        self.proj = nn.Linear(dim, dim)
+        self.branch = other(dim, inner - convnn_width, num_heads, K, qkv_bias, attn_drop) if other and inner > convnn_width else None
+        self.proj = nn.Linear(inner, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if attn_mask is not None:
+            raise ValueError("ConvNN attention does not take a padding mask")
         parts = [m(x) for m in (self.convnn, self.branch) if m is not None]
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)  # (B, N, dim)
         return self.proj_drop(self.proj(out))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from attnexp.errors import ArgumentError
+
 
 class ConvTokenizer(nn.Module):
     """CCT's convolutional tokenizer (and, with one conv and no pooling, CVT/ViT-Lite's patcher).
@@ -53,7 +55,13 @@ class ConvTokenizer(nn.Module):
     @torch.no_grad()
     def sequence_length(self, in_channels: int, image_size: int) -> int:
         # meta tensors give the shape without computing anything
-        return self.forward(torch.empty(1, in_channels, image_size, image_size, device="meta")).shape[1]
+        try:
+            tokens = self.forward(torch.empty(1, in_channels, image_size, image_size, device="meta")).shape[1]
+        except RuntimeError:  # a conv or pool window larger than what is left of the image
+            tokens = 0
+        if tokens < 1:
+            raise ArgumentError("image_size", image_size, "too small for the tokenizer's convolutions and pooling")
+        return tokens
 
 
 def sinusoidal_table(num_tokens: int, dim: int) -> torch.Tensor:
@@ -79,7 +87,7 @@ def make_positional_embedding(kind: str, num_tokens: int, dim: int) -> nn.Parame
         return param
     if kind == "sine":
         return nn.Parameter(sinusoidal_table(num_tokens, dim), requires_grad=False)
-    raise ValueError(f"positional_embedding={kind!r}: expected learnable, sine or none")
+    raise ArgumentError("positional_embedding", kind, "one of learnable, sine, none")
 
 
 def conv_stride_padding(kernel_size: int) -> tuple[int, int]:

@@ -30,14 +30,18 @@ def token_softmax(v: torch.Tensor) -> torch.Tensor:
     return softmax_upcast(v, TOKEN_AXIS)
 
 
-class Identity(nn.Module):
+class ValueMap(nn.Module):
+    """Base of every value map: f(V) of the same shape, acting on the token axis (-2)."""
+
+
+class Identity(ValueMap):
     """f(V) = V: classic attention and the official SeqPool."""
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         return v
 
 
-class TokenSoftmax(nn.Module):
+class TokenSoftmax(ValueMap):
     """f(V) = scale · softmaxᵀ(V). scale=10 is seed 000's `10*F.softmax(x, dim=1)` line."""
 
     def __init__(self, scale: float = 1.0):
@@ -49,7 +53,7 @@ class TokenSoftmax(nn.Module):
         return out if self.scale == 1.0 else out * self.scale
 
 
-class BatchSoftmax(nn.Module):
+class BatchSoftmax(ValueMap):
     """f(V) = softmax(V, dim=0): seed 000's accidental softmax over the *batch* axis.
 
     Kept only to reproduce that number: the output of one image depends on the
@@ -60,14 +64,18 @@ class BatchSoftmax(nn.Module):
         return softmax_upcast(v, 0)
 
 
-class AlphaMap(nn.Module):
+class AlphaMap(ValueMap):
     """Base of the α-weighted maps.
 
     alpha=None means "driven by the `alpha` schedule": the training module finds
     every map with `scheduled=True` and writes the current α into its buffer each
     optimizer step. The buffer is non-persistent (no state_dict entry) and is
     updated in place, so compiled graphs see the new value without recompiling.
+    `alpha_range` is where the map's formula means what it says (None: any real α);
+    a schedule leaving it is refused at start-up unless it allows extrapolation.
     """
+
+    alpha_range: tuple[float, float] | None = None
 
     def __init__(self, alpha: float | None = None):
         super().__init__()
@@ -83,6 +91,8 @@ class AlphaMap(nn.Module):
 
 class Remix(AlphaMap):
     """f(V) = α · softmaxᵀ(V) + (1 − α) · V (seed 001's remix; α=0 is plain V)."""
+
+    alpha_range = (0.0, 1.0)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         alpha = self.alpha.to(v.dtype)

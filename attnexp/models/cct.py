@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnexp.errors import require, require_rate
 from attnexp.layers.attention import Attention
-from attnexp.layers.block import TransformerBlock, as_partial, attention_per_block, drop_path_rates
+from attnexp.layers.block import TransformerBlock, attention_per_block, drop_path_rates
 from attnexp.layers.tokenizer import ConvTokenizer, conv_stride_padding, make_positional_embedding
 from attnexp.layers.value_maps import Identity
 
@@ -53,10 +54,15 @@ class TransformerClassifier(nn.Module):
         attn_drop: float = 0.1,
         drop_path: float = 0.1,
         layout: str = "cct",
+        qkv_bias: bool = False,
     ):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling={pooling!r}: expected one of {POOLINGS}")
+        require(pooling in POOLINGS, "pooling", pooling, f"one of {', '.join(POOLINGS)}")
+        for name, value in (("dim", dim), ("num_layers", num_layers), ("num_heads", num_heads), ("num_classes", num_classes)):
+            require(value >= 1, name, value, "must be ≥ 1")
+        require(mlp_ratio > 0, "mlp_ratio", mlp_ratio, "must be > 0")
+        for name, rate in (("dropout", dropout), ("attn_drop", attn_drop), ("drop_path", drop_path)):
+            require_rate(name, rate)
         self.seq_pool = pooling == "seqpool"
         if self.seq_pool:
             self.attention_pool = nn.Linear(dim, 1)
@@ -67,7 +73,7 @@ class TransformerClassifier(nn.Module):
         self.positional_emb = make_positional_embedding(positional_embedding, num_tokens, dim)
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(dim, num_heads, int(dim * mlp_ratio), attn, dropout, attn_drop, rate, layout)
+            TransformerBlock(dim, num_heads, int(dim * mlp_ratio), attn, dropout, attn_drop, rate, layout, qkv_bias=qkv_bias)
             for attn, rate in zip(attention_per_block(attn_layer, num_layers), drop_path_rates(num_layers, drop_path))
         )
         self.norm = nn.LayerNorm(dim)
@@ -122,18 +128,20 @@ class CompactTransformer(nn.Module):
         qkv_bias: bool = False,
     ):
         super().__init__()
-        attn_layer = as_partial(attn_layer or Attention)
-        if qkv_bias:  # the backbone's default; an attention config that sets qkv_bias itself wins
-            attn_layer.keywords.setdefault("qkv_bias", True)
+        require(tokenizer in TOKENIZERS, "tokenizer", tokenizer, f"one of {', '.join(TOKENIZERS)}")
+        require(image_size >= 1, "image_size", image_size, "must be ≥ 1")
+        require(in_channels >= 1, "in_channels", in_channels, "must be ≥ 1")
         if tokenizer == "conv":
+            require(kernel_size >= 1, "kernel_size", kernel_size, "must be ≥ 1")
+            require(n_conv_layers >= 1, "n_conv_layers", n_conv_layers, "must be ≥ 1")
             stride, padding = conv_stride_padding(kernel_size)
             self.tokenizer = ConvTokenizer(in_channels, dim, kernel_size, stride, padding, n_conv_layers)
-        elif tokenizer == "patch":
+        else:
+            ok = patch_size >= 1 and image_size % patch_size == 0
+            require(ok, "patch_size", patch_size, f"must divide the image size {image_size}")
             self.tokenizer = ConvTokenizer(
                 in_channels, dim, patch_size, patch_size, 0, max_pool=False, activation=False, conv_bias=True
             )
-        else:
-            raise ValueError(f"tokenizer={tokenizer!r}: expected one of {TOKENIZERS}")
         self.classifier = TransformerClassifier(
             num_tokens=self.tokenizer.sequence_length(in_channels, image_size),
             dim=dim,
@@ -141,7 +149,7 @@ class CompactTransformer(nn.Module):
             num_heads=num_heads,
             mlp_ratio=mlp_ratio,
             num_classes=num_classes,
-            attn_layer=attn_layer,
+            attn_layer=attn_layer or Attention,
             pooling=pooling,
             seqpool_value=seqpool_value,
             positional_embedding=positional_embedding,
@@ -149,6 +157,7 @@ class CompactTransformer(nn.Module):
             attn_drop=attn_drop,
             drop_path=drop_path,
             layout=layout,
+            qkv_bias=qkv_bias,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from attnexp.errors import require, require_rate
+
 
 class ConvStem(nn.Module):
     """The example's two unpadded 3×3 convs and 2×2 max-pool: (B, C, S, S) → (B, 64, S', S').
@@ -47,8 +49,10 @@ class CNN(nn.Module):
         hidden_dropout: float = 0.5,
     ):
         super().__init__()
-        if ConvStem.output_side(image_size) < 1:
-            raise ValueError(f"image_size={image_size}: the CNN needs at least 6 pixels")
+        require(ConvStem.output_side(image_size) >= 1, "image_size", image_size, "the conv stem needs at least 6 pixels")
+        require(hidden_dim >= 1, "hidden_dim", hidden_dim, "must be ≥ 1")
+        require_rate("feature_dropout", feature_dropout)
+        require_rate("hidden_dropout", hidden_dropout)
         self.features = ConvStem(in_channels)
         side = ConvStem.output_side(image_size)
         self.dropout1 = nn.Dropout(feature_dropout)

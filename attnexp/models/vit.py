@@ -23,8 +23,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from attnexp.errors import ArgumentError, require, require_rate
 from attnexp.layers.attention import Attention
-from attnexp.layers.block import TransformerBlock, attention_per_block
+from attnexp.layers.block import TransformerBlock, as_partial, attention_per_block
 from attnexp.models.cnn import ConvStem
 
 PIXEL_COUNT = "pixel_count"
@@ -36,10 +37,8 @@ def declared_side(declared: int | str | None, side: int) -> int:
         return side
     if declared == PIXEL_COUNT:
         return side * side
-    if isinstance(declared, str):
-        raise ValueError(
-            f"declared_image_size={declared!r}: expected null, an integer or {PIXEL_COUNT!r}"
-        )
+    if isinstance(declared, str) or isinstance(declared, bool):
+        raise ArgumentError("declared_image_size", declared, f"null, an integer or {PIXEL_COUNT}")
     return int(declared)
 
 
@@ -82,16 +81,28 @@ class ViT(nn.Module):
         attn_layer: Callable[..., nn.Module] | None = None,
     ):
         super().__init__()
-        if image_size % patches_per_side:
-            raise ValueError(
-                f"patches_per_side={patches_per_side}: must divide the image side {image_size}"
-            )
+        ok = patches_per_side >= 1 and image_size % patches_per_side == 0
+        require(ok, "patches_per_side", patches_per_side, f"must divide the image side {image_size}")
+        for name, value in (("dim", dim), ("num_layers", num_layers), ("num_heads", num_heads), ("head_dim", head_dim)):
+            require(value >= 1, name, value, "must be ≥ 1")
+        for name, rate in (("dropout", dropout), ("attn_drop", attn_drop), ("emb_dropout", emb_dropout)):
+            require_rate(name, rate)
         patch_size = image_size // patches_per_side
         declared = declared_side(declared_image_size, image_size)
-        if declared < image_size or declared % patch_size:
-            raise ValueError(
-                f"declared_image_size={declared}: must be ≥ the image side {image_size} "
-                f"and a multiple of the patch {patch_size}"
+        require(
+            declared >= image_size and declared % patch_size == 0,
+            "declared_image_size",
+            declared_image_size,
+            f"null, {PIXEL_COUNT}, or an integer ≥ the image side {image_size} and a multiple of the patch {patch_size}",
+        )
+        attn_layer = attn_layer or Attention
+        if reattention:  # DeepViT mixes the attention maps, so the attention module must have them
+            cls = as_partial(attn_layer).func
+            require(
+                getattr(cls, "has_attention_maps", False),
+                "reattention",
+                reattention,
+                f"re-attention mixes attention maps; {cls.__name__} has none (choose another attention or model)",
             )
         self.patch_embed = PatchEmbedding(in_channels, patch_size, dim)
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
@@ -99,12 +110,9 @@ class ViT(nn.Module):
         self.pos_embedding = nn.Parameter(torch.randn(1, (declared // patch_size) ** 2 + 1, dim))
         self.dropout = nn.Dropout(emb_dropout)
         # reattention is passed only when on: attention classes without that keyword still plug in
-        attn_defaults = {"head_dim": head_dim, **({"reattention": True} if reattention else {})}
-        factories = attention_per_block(attn_layer or Attention, num_layers, **attn_defaults)
+        factories = attention_per_block(attn_layer, num_layers, **({"reattention": True} if reattention else {}))
         self.blocks = nn.ModuleList(
-            TransformerBlock(
-                dim, num_heads, int(dim * mlp_ratio), attn, dropout, attn_drop, layout="pre"
-            )
+            TransformerBlock(dim, num_heads, int(dim * mlp_ratio), attn, dropout, attn_drop, layout="pre", head_dim=head_dim)
             for attn in factories
         )
         self.norm = nn.LayerNorm(dim)
@@ -134,8 +142,7 @@ class Hybrid(nn.Module):
     ):
         super().__init__()
         side = ConvStem.output_side(image_size)
-        if side < 1:
-            raise ValueError(f"image_size={image_size}: the conv stem needs at least 6 pixels")
+        require(side >= 1, "image_size", image_size, "the conv stem needs at least 6 pixels")
         self.features = ConvStem(in_channels)
         channels = self.features.out_channels
         self.vit = ViT(num_classes, in_channels=channels, image_size=side, **vit_options)

@@ -1,0 +1,100 @@
+"""Composition: overrides → the config a job runs with, torch-free.
+
+Types, unknown keys and unknown choices fail here, in ~0.3 s: the schemas
+(attnexp/config/schema.py) ride along in every yaml, and Hydra's exceptions
+carry the key, the value and the expected type as fields, which become one
+`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib.resources import files
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+import attnexp.config.schema  # noqa: F401  (registers the schemas the yamls name)
+from attnexp.errors import ConfigError
+
+CONFIG_MODULE = "attnexp.conf"
+TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def group_options(group: str) -> list[str]:
+    """The choices of a config group: its yaml files (the schema/ tree is not a group users pick from)."""
+    folder = files(CONFIG_MODULE).joinpath(group)
+    try:
+        return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def groups() -> list[str]:
+    """The user-facing config groups (folders of conf/), hydra's own left out."""
+    root = files(CONFIG_MODULE)
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__") and group_options(p.name))
+
+
+def _expected(schema: Any, key: Any) -> str:
+    fields = {f.name: str(f.type) for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
+    text = fields.get(str(key), "")
+    optional = text.startswith("Optional[")
+    inner = text[9:-1] if optional else text
+    name = TYPE_NAMES.get(inner, "a list" if inner.startswith("List") else inner or "another type")
+    return f"expected {name}" + (" or null" if optional else "")
+
+
+def _known_keys(schema: Any) -> str:
+    if not dataclasses.is_dataclass(schema):
+        return ""
+    names = [f.name for f in dataclasses.fields(schema) if not f.name.startswith("_")]
+    return f" (known: {', '.join(names)})"
+
+
+def config_error(exc: Exception) -> ConfigError:
+    """Hydra's or OmegaConf's exception → ConfigError, from the exception's own fields."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    cause = exc
+    while not isinstance(cause, (OmegaConfBaseException, MissingConfigException)) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, MissingConfigException) and cause.missing_cfg_file:
+        group, _, choice = cause.missing_cfg_file.rpartition("/")
+        options = group_options(group)
+        if options:
+            return ConfigError(group, choice, f"unknown choice; available: {', '.join(options)}")
+        return ConfigError(cause.missing_cfg_file, ..., "no such config group or file")
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key:
+        return ConfigError(
+            cause.full_key, ..., f"unknown key{_known_keys(cause.object_type)}; add ++{cause.full_key}=VALUE only on purpose"
+        )
+    if isinstance(cause, ValidationError) and cause.full_key:
+        return ConfigError(cause.full_key, cause.value, _expected(cause.object_type, cause.key))
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        return ConfigError(cause.full_key, ..., str(cause.msg).splitlines()[0])
+    if isinstance(exc, OverrideParseException):
+        return ConfigError("override", ..., str(exc).splitlines()[0])
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return ConfigError("config", ..., first)
+
+
+def split_hydra(cfg: DictConfig) -> tuple[DictConfig, dict]:
+    """(the job's own config, without the hydra node; the group choices that made it)."""
+    choices = dict(cfg.hydra.runtime.choices)
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), choices
+
+
+def compose(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
+    """The config `attnexp <overrides>` runs with; ConfigError on a type, key or choice error."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            return hydra_compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
+    except Exception as exc:  # Hydra's composition errors come in several types, all user-facing
+        raise config_error(exc) from None
