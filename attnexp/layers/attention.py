@@ -48,6 +48,7 @@ class Attention(AttentionLayer):
     """softmax(c·QKᵀ)·f(V), f the value map (identity: classic attention)."""
 
     has_attention_maps = True
+    has_fused_kernel = True  # SDPA computes softmax(c·QKᵀ)·V; a variant with other maps sets False
 
     def __init__(
         self,
@@ -64,6 +65,8 @@ class Attention(AttentionLayer):
     ):
         super().__init__()
         require(impl in IMPLS, "impl", impl, f"one of {', '.join(IMPLS)}")
+        name = type(self).__name__
+        require(impl != "sdpa" or self.has_fused_kernel, "impl", impl, f"{name} has no fused kernel: use auto or explicit")
         require(num_heads >= 1, "num_heads", num_heads, "must be ≥ 1")
         require(bool(head_dim) or dim % num_heads == 0, "num_heads", num_heads, f"must divide the width {dim}")
         require(head_dim is None or head_dim >= 1, "head_dim", head_dim, "must be ≥ 1")
@@ -81,7 +84,7 @@ class Attention(AttentionLayer):
         self.proj_drop = nn.Dropout(proj_drop)
         self.value_map = value_map if value_map is not None else Identity()
         self.reattn = ReAttention(num_heads) if reattention else None
-        self.fused = impl == "sdpa" or (impl == "auto" and not reattention)
+        self.fused = impl == "sdpa" or (impl == "auto" and not reattention and self.has_fused_kernel)
         require(not (self.fused and reattention), "impl", impl, "re-attention (DeepViT) needs the explicit maps: use auto or explicit")
         # set to a dict by the attention_stats callback to collect V / map statistics
         self.stats: dict | None = None
