@@ -6,6 +6,7 @@ inside a training step (except the non-finite check, see `nonfinite_every`).
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 import pytorch_lightning as pl
@@ -15,6 +16,29 @@ from torch import nn
 
 from attnexp.layers.value_maps import scheduled_maps
 from attnexp.schedules import AlphaSchedule
+
+
+SCHEDULE_KEYS = ("optimizer.lr", "trainer.max_epochs", "scheduler")  # what decides each epoch's rate
+
+
+def _select(config: dict, key: str):
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
+def _leaves(value, key: str) -> dict:
+    if isinstance(value, dict):
+        return {k: v for name, child in value.items() for k, v in _leaves(child, f"{key}.{name}").items()}
+    return {key: value}
+
+
+def schedule_changes(saved: dict, current: dict) -> str:
+    """'key old → new, ...' for the schedule keys a resume changes ('' when none, or nothing saved)."""
+    if not saved or not current:
+        return ""
+    old, new = ({k: v for key in SCHEDULE_KEYS for k, v in _leaves(_select(c, key), key).items()} for c in (saved, current))
+    return ", ".join(f"{key} {old.get(key)} → {new.get(key)}" for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key))
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -49,6 +73,25 @@ class _Tally:
         return {"loss": loss / n, "acc1": 100 * top1 / n, "acc5": 100 * top5 / n}
 
 
+class EpochRates:
+    """The lr multiplier of every epoch as a pure function of the config: the scheduler it names,
+    stepped from epoch 0 on a stand-in optimizer (any torch or attnexp scheduler works), cached.
+    The module sets each step's rate from it, so a resumed run trains at the rate the config
+    gives its epoch, never at a rate restored from the checkpoint."""
+
+    def __init__(self, make_scheduler: Callable):
+        self.stand_in = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+        self.scheduler = make_scheduler(self.stand_in)
+        self.factors = [self.stand_in.param_groups[0]["lr"]]
+
+    def __call__(self, epoch: int) -> float:
+        while len(self.factors) <= epoch:
+            self.stand_in.step()  # no gradients: nothing moves; keeps torch's step order
+            self.scheduler.step()
+            self.factors.append(self.stand_in.param_groups[0]["lr"])
+        return self.factors[epoch]
+
+
 class ClassifierModule(pl.LightningModule):
     def __init__(
         self,
@@ -63,7 +106,9 @@ class ClassifierModule(pl.LightningModule):
     ):
         super().__init__()
         self.model = model
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.optimizer_factory = optimizer
+        self.epoch_rates = EpochRates(scheduler) if scheduler is not None else None
+        self.base_lrs: list[float] = []  # each param group's rate from the config
         self.label_smoothing = label_smoothing
         self.alpha_schedule = alpha
         self.alpha_maps = scheduled_maps(model)
@@ -93,9 +138,18 @@ class ClassifierModule(pl.LightningModule):
         loader = self.trainer.train_dataloader
         if hasattr(loader, "consumed"):
             loader.consumed = batch_idx + 1
+        self.set_lr(self.current_epoch)
         if self.alpha_schedule is not None and self.alpha_maps:
             self.set_alpha(self.alpha_schedule(self.global_step, self.trainer.num_training_batches))
             self.log("alpha", self.alpha_value, on_step=True, on_epoch=False)
+
+    def set_lr(self, epoch: int) -> None:
+        """This step's rate, from the config alone; logged as the rate the step trains with."""
+        optimizer = self.optimizers()
+        factor = self.epoch_rates(epoch) if self.epoch_rates is not None else 1.0
+        for group, base in zip(optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+        self.log("lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
 
     # ------------------------------------------------------------ steps
     def _shared_step(self, batch, stage: str) -> torch.Tensor:
@@ -133,7 +187,6 @@ class ClassifierModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
-        self.log("lr", self.optimizers().param_groups[0]["lr"])
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
@@ -143,10 +196,11 @@ class ClassifierModule(pl.LightningModule):
 
     # ------------------------------------------------------------ optimisation
     def configure_optimizers(self):
+        # no Lightning scheduler: set_lr gives every step its rate (a checkpointed scheduler
+        # would carry a stale rate into the first resumed epoch)
         optimizer = self.optimizer_factory(self.model.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        return optimizer
 
     # ------------------------------------------------------------ checkpoints carry the config and α
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -160,3 +214,6 @@ class ClassifierModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if checkpoint.get("alpha") is not None:
             self.set_alpha(checkpoint["alpha"])
+        changed = schedule_changes(checkpoint.get("attnexp_config") or {}, self.run_config)
+        if changed:
+            print(f"attnexp: resuming with a changed schedule ({changed}): the rate follows the new config from here", file=sys.stderr)

@@ -309,3 +309,26 @@ def test_sigterm_mid_epoch_then_resume_matches_the_uninterrupted_run(workdir):
     assert [h["val_acc1"] for h in ma["history"]] == [h["val_acc1"] for h in mb["history"]]
     assert (ma["best_acc1"], ma["final_acc1"]) == (mb["best_acc1"], mb["final_acc1"])
     assert not list(workdir.glob("outputs"))  # resumed in its own folder, no new run folder
+
+
+def test_the_rate_follows_the_config_at_every_step_also_across_a_resume_that_changes_it(battery_dir, capsys):
+    """lr = base · factor(epoch of this step, config): a resume that lengthens the run trains its first
+    resumed epoch at the new schedule's rate, not at the rate the checkpoint ended with (0)."""
+    from tbparse import SummaryReader
+
+    from attnexp.cli import main
+    from attnexp.schedules import warmup_cosine_factor
+
+    run = battery_dir / "run"
+    main(["debug=tiny", "trainer.max_epochs=2", "scheduler.warmup_epochs=1", f"hydra.run.dir={run}"])
+    main([f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=4"])
+    assert "trainer.max_epochs 2 → 4" in capsys.readouterr().err
+    scalars = SummaryReader(str(run / "tb")).scalars
+    logged = dict(zip(scalars[scalars.tag == "lr"].step, scalars[scalars.tag == "lr"].value))
+    steps_per_epoch = 2  # debug=tiny
+    for step, rate in logged.items():
+        epoch = step // steps_per_epoch
+        total = 2 if epoch < 2 else 4  # the first run's schedule, then the resumed one's
+        assert rate == pytest.approx(5e-4 * warmup_cosine_factor(epoch, 1, total), rel=1e-6), (step, rate)
+    assert sorted(logged) == list(range(8))  # every step of both runs, the rate it trained with
+    assert logged[4] > 0  # epoch 2, first resumed: 5e-4 · ½(1 + cos(π/3)), not the finished run's 0
