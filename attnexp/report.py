@@ -19,10 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, stdev
 
+from attnexp.config.compose import is_bookkeeping
 from attnexp.rundir import read_metrics
-
-BOOKKEEPING = {"seed", "ckpt_path", "trainer.progress_bar"}  # never tell two variants apart
-BOOKKEEPING_PREFIXES = ("hydra.", "hydra/", "sweep.")
 LOSS_TAG = "train/loss"
 CONFIDENCE = 0.95
 
@@ -72,7 +70,7 @@ def _split(override: str) -> tuple[str, str]:
 
 def group_key(overrides: list[str]) -> tuple:
     pairs = (_split(o) for o in overrides)
-    return tuple(sorted((k, v) for k, v in pairs if k not in BOOKKEEPING and not k.startswith(BOOKKEEPING_PREFIXES)))
+    return tuple(sorted((k, v) for k, v in pairs if not is_bookkeeping(k)))
 
 
 def read_curves(tb_dir: Path, tags: tuple[str, ...]) -> dict[str, dict[int, float]]:

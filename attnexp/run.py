@@ -217,6 +217,7 @@ def train(cfg: DictConfig, run_dir: str) -> dict:
         params=params,
         choices=choices or resumed.get("choices", {}),
         device=device_name(on_gpu),
+        threads=torch.get_num_threads(),  # on the CPU a result depends on it (README)
         **provenance(run_dir),
     )
     ckpt_dir = Path(run_dir) / "checkpoints"
@@ -240,7 +241,7 @@ def train(cfg: DictConfig, run_dir: str) -> dict:
                 # the choices first: they are what the HParams tab compares runs by
                 {f"choice/{k}": str(v) for k, v in (choices or resumed.get("choices", {})).items()}
                 | _flat({k: run_config[k] for k in run_config if k != "hydra"})
-                | {"params": params},
+                | {"params": params, "threads": torch.get_num_threads()},
                 {"hp/best_acc1": best, "hp/final_acc1": final},
             )
             logger.finalize(status)

@@ -253,3 +253,16 @@ def test_long_job_names_fit_the_file_system():
     assert len(a.encode()) <= NAME_MAX and len(b.encode()) <= NAME_MAX and a != b
     assert a.startswith("model.pretrained=_x_aaa") and "/" not in a
     assert _job_dir("seqpool=x,data=fake") == "seqpool=x,data=fake"  # short names stay as Hydra made them
+
+
+def test_one_bookkeeping_list_names_the_job_folders_and_groups_the_report(tmp_path):
+    """data.root, threads, progress bars, the seed... never tell two variants apart: neither in a
+    job's folder name nor in the report's grouping (attnexp/config/compose.py BOOKKEEPING_KEYS)."""
+    from attnexp.config.compose import BOOKKEEPING_KEYS
+
+    noise = ["data.root=/data/cifar", "trainer.num_threads=1", "trainer.progress_bar=off", "data.num_workers=0"]
+    _, jobs = sweep.plan(["debug=tiny", "seqpool=x,softmax", *noise, f"hydra.sweep.dir={tmp_path}"], compose)
+    assert sorted(job.dir for job, _ in jobs) == ["debug=tiny,seqpool=softmax/seed_0", "debug=tiny,seqpool=x/seed_0"]
+    for job, _ in jobs:
+        assert report.group_key(job.overrides) == (("debug", "tiny"), ("seqpool", job.dir.split("seqpool=")[1][:-7]))
+    assert {"data.root", "trainer.num_threads", "seed"} <= set(BOOKKEEPING_KEYS)

@@ -19,6 +19,22 @@ import attnexp.config.schema  # noqa: F401  (registers the schemas the yamls nam
 from attnexp.errors import ConfigError
 
 CONFIG_MODULE = "attnexp.conf"
+
+# Keys that never tell two variants apart: where the data lives, how fast it is read, threads,
+# progress bars, the seed, resuming and sweep bookkeeping. One list for the job folders' names
+# (hydra.job.config.override_dirname.exclude_keys reads it) and attnexp-report's grouping.
+BOOKKEEPING_KEYS = (
+    "seed", "ckpt_path", "experiment", "data.root", "data.num_workers", "data.download",
+    "trainer.num_threads", "trainer.progress_bar", "sweep.resume", "sweep.dry_run",
+)  # fmt: skip
+BOOKKEEPING_PREFIXES = ("hydra.", "hydra/", "sweep.")
+
+
+def is_bookkeeping(key: str) -> bool:
+    return key in BOOKKEEPING_KEYS or key.startswith(BOOKKEEPING_PREFIXES)
+
+
+OmegaConf.register_new_resolver("attnexp_bookkeeping", lambda: list(BOOKKEEPING_KEYS), replace=True)
 TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 
 
