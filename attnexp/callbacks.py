@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from attnexp.rundir import update_metrics
 
