@@ -1,6 +1,6 @@
 """The official CCT AutoAugment policy batched (attnexp/data/official_policy.py) against PIL: every op
 of the CIFAR-10 policy bit for bit on the CPU, the whole policy replayed through PIL, the draws'
-frequencies and the per-image PIL path; with a GPU, the CUDA mask path."""
+frequencies, the per-image PIL path and the config switch; with a GPU, the CUDA mask path."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageOps
 
-from attnexp.data.autoaugment import POLICIES, Draw
+from attnexp.data.augment import BatchAugment, TorchvisionAugment, build_augment
+from attnexp.data.autoaugment import POLICIES, BatchAutoAugment, Draw
 from attnexp.data.official_pil import PILOfficialPolicy, from_pil, to_pil
 from attnexp.data.official_policy import LEVELS, OFFICIAL_SIGNED, OfficialCIFAR10Policy, numpy_linspace
-from conftest import MNIST_T10K
+from conftest import MNIST_T10K, compose
 
 TABLE = POLICIES["cifar10"]
 BY_INDEX, BY_MASK = OfficialCIFAR10Policy(grouping="index"), OfficialCIFAR10Policy(grouping="mask")  # tables built once
@@ -239,6 +240,40 @@ def test_grey_images_match_pil():
     rows = zip(x, draw.policy.tolist(), draw.applied.tolist(), draw.negative.tolist())
     expected = torch.stack([per_image.apply_one(*row) for row in rows])
     assert torch.equal(BY_INDEX.apply(x, draw), expected)
+
+
+def test_recipe_through_pil_per_image_matches_batched(images):
+    """data.loader=torchvision with `official` runs the PIL path: the whole recipe (policy, crop, flip)
+    per image and batched, independent random streams, agree in per-image mean, spread and share of
+    fill-grey pixels within 5 standard errors."""
+    batched = BatchAugment("official", padding=4, flip=True)(images, torch.Generator().manual_seed(5))
+    per_image = TorchvisionAugment("official", padding=4, flip=True)(images, torch.Generator().manual_seed(6))
+
+    def stats(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = x.double().flatten(1)
+        return {"mean": f.mean(1), "std": f.std(1), "grey": (x == 128).flatten(1).double().mean(1)}
+
+    a, b = stats(batched), stats(per_image)
+    for key in a:
+        se = math.sqrt(a[key].var().item() / len(images) + b[key].var().item() / len(images))
+        assert abs(a[key].mean().item() - b[key].mean().item()) <= 5 * se, (key, a[key].mean().item(), b[key].mean().item())
+    assert (per_image != images).flatten(1).any(1).double().mean() > 0.9
+
+
+def test_config_selects_the_official_policy():
+    """data.augment.autoaugment=official composes; data.loader=torchvision then runs the PIL path, the
+    batched loaders the batched policy; cifar10 stays torchvision's policy."""
+    from attnexp.build import build_data
+    from attnexp.data.sources import fake
+
+    cfg = compose("data=cifar10", "data.augment.autoaugment=official", "data.loader=torchvision")
+    split, _ = fake(train_size=16, test_size=1)
+    per_image = build_data(cfg).make_loader(split, train=True).augment
+    assert isinstance(per_image, TorchvisionAugment) and isinstance(per_image.transform.transforms[0], PILOfficialPolicy)
+    assert isinstance(build_augment(dict(cfg.data.augment), "batched").policy, OfficialCIFAR10Policy)
+    assert isinstance(build_augment({"autoaugment": "cifar10"}, "batched").policy, BatchAutoAugment)
+    with pytest.raises(ValueError, match="one of cifar10, svhn, imagenet, official"):
+        build_augment({"autoaugment": "offical"}, "batched")
 
 
 # ------------------------------------------------------------------ CUDA
