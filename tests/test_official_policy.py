@@ -16,7 +16,19 @@ from PIL import Image, ImageEnhance, ImageOps
 from attnexp.data.augment import BatchAugment, TorchvisionAugment, build_augment
 from attnexp.data.autoaugment import POLICIES, BatchAutoAugment, Draw
 from attnexp.data.official_pil import PILOfficialPolicy, from_pil, to_pil
-from attnexp.data.official_policy import LEVELS, OFFICIAL_SIGNED, OfficialCIFAR10Policy, numpy_linspace
+from attnexp.data.official_policy import (
+    COLOR_OPS,
+    LEVELS,
+    OFFICIAL_SIGNED,
+    SHEARS,
+    OfficialCIFAR10Policy,
+    magnitude,
+    nearest_source,
+    numpy_linspace,
+    remap,
+    rotate_coefficients,
+    translate_coefficients,
+)
 from conftest import MNIST_T10K, compose
 
 TABLE = POLICIES["cifar10"]
@@ -172,6 +184,31 @@ def test_op_matches_pil(images, op, level_bin):
         n = MASKED_SUBSET
         out = BY_MASK.apply(images[:n], single_op_draw(n, k, slot, negative))
         assert torch.equal(out, expected[:n]), f"{op} bin {level_bin} negative={negative} mask: {differing(out, expected[:n])}"
+
+
+def batched_op(x: torch.Tensor, op: str, level_bin: int | None, sign: int) -> torch.Tensor:
+    """One op at any magnitude bin, straight through the module's op functions (the policy's tables
+    hold only the table's bins)."""
+    H, W = x.shape[-2:]
+    m = magnitude(op, level_bin, H, W) * (sign if op in OFFICIAL_SIGNED else 1)
+    if op == "Rotate":
+        return remap(x, nearest_source(rotate_coefficients(m, H, W), H, W).expand(len(x), -1), 128)
+    if op in ("TranslateX", "TranslateY"):
+        coefficients = translate_coefficients(m, 0 if op == "TranslateX" else 1)
+        return remap(x, nearest_source(coefficients, H, W).expand(len(x), -1), 128)
+    per_image = torch.full((len(x),), m, dtype=torch.float64)
+    return SHEARS[op](x, per_image, 128) if op in SHEARS else COLOR_OPS[op](x, per_image)
+
+
+@pytest.mark.parametrize("op", sorted(REFERENCE))
+def test_op_matches_pil_at_every_bin(images, op):
+    """Beyond the table: every magnitude bin and sign of every op, on 24 of the images."""
+    x = images[::9]  # digits, noise and flat images
+    for level_bin in range(10) if op in RANGES else (None,):
+        for sign in (1, -1) if op in OFFICIAL_SIGNED else (1,):
+            expected = torch.stack([from_pil(reference_op(to_pil(image), op, level_bin, sign)) for image in x])
+            out = batched_op(x, op, level_bin, sign)
+            assert torch.equal(out, expected), f"{op} bin {level_bin} sign {sign}: {differing(out, expected)}"
 
 
 # ------------------------------------------------------------------ the whole policy
