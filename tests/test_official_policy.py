@@ -298,19 +298,15 @@ def test_recipe_through_pil_per_image_matches_batched(images):
 
 
 def test_config_selects_the_official_policy():
-    """data.augment.autoaugment=official composes; data.loader=torchvision then runs the PIL path, the
-    batched loaders the batched policy; cifar10 stays torchvision's policy."""
-    from attnexp.build import build_data
-    from attnexp.data.sources import fake
-
-    cfg = compose("data=cifar10", "data.augment.autoaugment=official", "data.loader=torchvision")
-    split, _ = fake(train_size=16, test_size=1)
-    per_image = build_data(cfg).make_loader(split, train=True).augment
+    """data.augment.autoaugment=official composes; the per-image loader (data.loader=torchvision) then
+    runs the PIL path, the batched loaders the batched policy; cifar10 stays torchvision's policy."""
+    spec = dict(compose("data=cifar10", "data.augment.autoaugment=official").data.augment)
+    per_image = build_augment(spec, "torchvision")
     assert isinstance(per_image, TorchvisionAugment) and isinstance(per_image.transform.transforms[0], PILOfficialPolicy)
-    assert isinstance(build_augment(dict(cfg.data.augment), "batched").policy, OfficialCIFAR10Policy)
-    assert isinstance(build_augment({"autoaugment": "cifar10"}, "batched").policy, BatchAutoAugment)
+    assert isinstance(build_augment(spec, "batched").policy, OfficialCIFAR10Policy)
+    assert isinstance(build_augment({**spec, "autoaugment": "cifar10"}, "batched").policy, BatchAutoAugment)
     with pytest.raises(ValueError, match="one of cifar10, svhn, imagenet, official"):
-        build_augment({"autoaugment": "offical"}, "batched")
+        build_augment({**spec, "autoaugment": "offical"}, "batched")
 
 
 # ------------------------------------------------------------------ CUDA
