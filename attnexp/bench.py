@@ -7,6 +7,8 @@ For every model × attention choice, on whatever device is present:
          bare PyTorch loop over the same module, batches and optimizer: the framework overhead;
   data   augmented batches from the TensorLoader alone (the official CIFAR-10 recipe: AutoAugment,
          crop, flip), batched and through torchvision per image, against the model's consumption;
+         and on the CPU the batched AutoAugment alone: the official CCT script's own policy
+         (data.augment.autoaugment=official) beside torchvision's;
   flops  GFLOPs per image (torch.utils.flop_counter), achieved TFLOP/s, the fraction of a known
          GPU's bf16 dense peak, and the projected wall time of the 200-epoch CIFAR-10 recipe;
   memory a training job's footprint (weights, AdamW state, autograd's saved activations).
@@ -303,6 +305,30 @@ def bench_data(args, device) -> dict:
     return out
 
 
+def bench_autoaugment_cpu(args) -> dict:
+    """img/s of the batched AutoAugment policies alone on the CPU: torchvision's CIFAR-10 policy (the
+    recipe's today) and the official script's PIL policy (`official`), timed round-robin."""
+    import torch
+
+    from attnexp.data.autoaugment import BatchAutoAugment
+    from attnexp.data.official_policy import OfficialCIFAR10Policy
+    from attnexp.data.sources import fake
+
+    images = fake(train_size=args.batch_size, test_size=1)[0].images
+    policies = {"torchvision": BatchAutoAugment("cifar10", fill=128), "official": OfficialCIFAR10Policy(fill=128)}
+    g = torch.Generator().manual_seed(0)
+    for policy in policies.values():
+        policy(images, g)  # warm-up: builds each policy's tables
+    cpu = torch.device("cpu")
+    times: dict[str, list[float]] = {name: [] for name in policies}
+    for _ in range(max(args.data_batches, 3)):
+        for name, policy in policies.items():
+            times[name].append(timed(lambda p=policy: p(images, g), 1, cpu))
+    out = {name: {"img_per_s": args.batch_size / statistics.median(t), "batches": len(t)} for name, t in times.items()}
+    out["official_vs_torchvision"] = out["official"]["img_per_s"] / out["torchvision"]["img_per_s"]
+    return out
+
+
 # ------------------------------------------------------------------ flops and memory
 
 
@@ -433,6 +459,13 @@ def print_report(report: dict) -> None:
             print(f"   memory per training job at batch {report['memory_batch']}: {mem['total_gib']:.2f} GiB + the CUDA context")
     for impl, d in report.get("data", {}).items():
         print(f"\ndata pipeline ({impl}, CIFAR-10 recipe): {d['batches_per_s']:.1f} batches/s = {d['img_per_s']:.0f} img/s")
+    policies = report.get("autoaugment_cpu")
+    if policies:
+        print(
+            f"AutoAugment alone on the CPU, batched: official policy {policies['official']['img_per_s']:.0f} img/s "
+            f"vs torchvision policy {policies['torchvision']['img_per_s']:.0f} img/s "
+            f"(official at {policies['official_vs_torchvision']:.2f}× the torchvision policy's rate)"
+        )
     print("\ntargets:")
     for row in report.get("targets", []):
         sign = "≤" if row.get("lower_is_better") else "≥"
@@ -513,6 +546,7 @@ def run(argv=None) -> dict:
     report["memory_batch"] = 128
     report["models"] = {}
     report["data"] = bench_data(args, device)
+    report["autoaugment_cpu"] = bench_autoaugment_cpu(args)
     for model_name in models:
         for k, attention in enumerate(attentions):
             key = f"{model_name}/{attention}"

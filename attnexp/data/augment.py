@@ -8,6 +8,11 @@ Two implementations of the same recipe:
   batch lives on (the GPU fast path; no per-image Python): AutoAugment through
   `attnexp.data.autoaugment.BatchAutoAugment`, which gives torchvision's output
   image for image given the same random draws.
+
+`autoaugment: official` picks the official CCT script's own PIL policy instead of
+torchvision's (same table, other ops): batched by
+`attnexp.data.official_policy.OfficialCIFAR10Policy`, per image through PIL by
+`attnexp.data.official_pil.PILOfficialPolicy`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attnexp.data.autoaugment import BatchAutoAugment
+from attnexp.data.autoaugment import POLICIES, BatchAutoAugment
+from attnexp.data.official_policy import OfficialCIFAR10Policy
+
+OFFICIAL = "official"  # the official CCT script's PIL CIFAR10Policy (not torchvision's AutoAugment)
+AUTOAUGMENT_CHOICES = (*POLICIES, OFFICIAL)
 
 
 def random_crop(images: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tensor:
@@ -44,14 +53,24 @@ class BatchAugment:
 
     def __init__(self, autoaugment: str | None = None, padding: int = 0, flip: bool = False):
         self.padding, self.flip = padding, flip
-        # fill 128: the official CIFAR10Policy fills with gray (128, 128, 128)
-        self.policy = BatchAutoAugment(autoaugment, fill=128) if autoaugment else None
+        self.policy = _batched_autoaugment(autoaugment) if autoaugment else None
 
     def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if self.policy is not None:
             images = self.policy(images, g)
         images = random_crop(images, self.padding, g)
         return random_flip(images, g) if self.flip else images
+
+
+def _batched_autoaugment(name: str):
+    _check_autoaugment(name)
+    # fill 128: the official CIFAR10Policy fills with gray (128, 128, 128)
+    return OfficialCIFAR10Policy(fill=128) if name == OFFICIAL else BatchAutoAugment(name, fill=128)
+
+
+def _check_autoaugment(name: str) -> None:
+    if name not in AUTOAUGMENT_CHOICES:
+        raise ValueError(f"data.augment.autoaugment={name}: one of {', '.join(AUTOAUGMENT_CHOICES)}")
 
 
 class TorchvisionAugment:
@@ -86,11 +105,14 @@ class _Crop:
 def _autoaugment(name: str | None):
     if not name:
         return None
+    _check_autoaugment(name)
+    if name == OFFICIAL:
+        from attnexp.data.official_pil import PILOfficialPolicy
+
+        return PILOfficialPolicy()
     from torchvision.transforms import v2
 
     policies = {"cifar10": v2.AutoAugmentPolicy.CIFAR10, "imagenet": v2.AutoAugmentPolicy.IMAGENET, "svhn": v2.AutoAugmentPolicy.SVHN}
-    if name not in policies:
-        raise ValueError(f"data.augment.autoaugment={name}: one of {', '.join(policies)}")
     # fill 128: the official CIFAR10Policy fills with gray (128, 128, 128)
     return v2.AutoAugment(policies[name], fill=128)
 
