@@ -50,7 +50,9 @@ class Variant:
 VARIANTS = {
     "eager": Variant("explicit", about="straightforward eager build: explicit attention, NCHW, default AdamW"),
     "sdpa": Variant("sdpa", about="fused scaled_dot_product_attention"),
-    "fast": Variant("sdpa", fast=True, about="what `attnexp` trains with: sdpa + channels-last tokenizer (+ fused AdamW on a GPU)"),
+    "fast": Variant(
+        "sdpa", fast=True, about="what `attnexp` trains with: sdpa + channels-last tokenizer (+ fused AdamW on a GPU)"
+    ),
     "compiled": Variant("sdpa", fast=True, compile=True, about="fast + torch.compile"),
     "bf16": Variant("sdpa", fast=True, bf16=True, about="fast + bf16 autocast (a CPU option; changes numerics)"),
 }
@@ -141,7 +143,9 @@ class StepRunner:
         size, channels = cfg.data.image_size, cfg.data.in_channels
         self.images = torch.randn(batch, channels, size, size, generator=g).to(device)
         self.labels = torch.randint(0, cfg.data.num_classes, (batch,), generator=g).to(device)
-        self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or variant.bf16)
+        self.autocast = dict(
+            device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or variant.bf16
+        )
         self.smoothing = cfg.label_smoothing
         self._F = F
 
@@ -265,7 +269,11 @@ def _bare_loop(module, datamodule, cfg, warmup, steps, device) -> float:
     model = module.model.to(device).train()
     optimizer = module.configure_optimizers()  # after the move: a fused optimizer wants its tensors in place
     optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
-    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled="bf16" in str(cfg.trainer.precision) or device.type == "cuda")
+    amp = dict(
+        device_type=device.type,
+        dtype=torch.bfloat16,
+        enabled="bf16" in str(cfg.trainer.precision) or device.type == "cuda",
+    )
     marks = []
     for i in range(warmup + steps):
         images, labels = loader.batch(0, i)
@@ -297,7 +305,9 @@ def bench_data(args, device) -> dict:
     for impl, batches in (("batched", args.data_batches), ("torchvision", args.reference_batches)):
         if batches <= 0:
             continue
-        loader = TensorLoader(split, args.batch_size, mean, std, shuffle=True, augment=build_augment(CIFAR10_AUGMENT, impl))
+        loader = TensorLoader(
+            split, args.batch_size, mean, std, shuffle=True, augment=build_augment(CIFAR10_AUGMENT, impl)
+        )
         loader.batch(0, 0)  # warm-up
         times = [timed(lambda i=i: loader.batch(1, i % len(loader)), 1, device) for i in range(batches)]
         per_batch = statistics.median(times)
@@ -413,12 +423,20 @@ def targets(report: dict, gpu: bool) -> list[dict]:
         if not gpu and steps:
             same_numerics = [r.get("speedup", 0) for k, r in steps.items() if not VARIANTS[k].bf16]
             rows.append({"what": f"{key} best fp32 build / eager", "value": max(same_numerics), "target": 1.2})
-            rows.append({"what": f"{key} best build / eager (bf16 allowed)", "value": max(r.get("speedup", 0) for r in steps.values()), "target": 1.2})
+            rows.append(
+                {
+                    "what": f"{key} best build / eager (bf16 allowed)",
+                    "value": max(r.get("speedup", 0) for r in steps.values()),
+                    "target": 1.2,
+                }
+            )
         if gpu and steps:
             limit = {"cct7": 300.0, "cct2": 60.0}.get(key.split("/")[0])
             if limit:
                 best = min(r["projected_200_epochs_s"] for r in steps.values())
-                rows.append({"what": f"{key} projected 200 epochs, s", "value": best, "target": limit, "lower_is_better": True})
+                rows.append(
+                    {"what": f"{key} projected 200 epochs, s", "value": best, "target": limit, "lower_is_better": True}
+                )
     for row in rows:
         row["met"] = row["value"] <= row["target"] if row.get("lower_is_better") else row["value"] >= row["target"]
     return rows
@@ -433,10 +451,16 @@ def fmt_time(seconds: float) -> str:
 def print_report(report: dict) -> None:
     m = report["machine"]
     where = m.get("gpu") or f"{m['cpu']} ({m['cores']} cores, {m['threads']} threads)"
-    print(f"\nattnexp-bench on {where}, torch {m['torch']}, batch {report['batch_size']}, load average at start {m['load_average']}")
+    print(
+        f"\nattnexp-bench on {where}, torch {m['torch']}, batch {report['batch_size']}, load average at start {m['load_average']}"
+    )
     for key, entry in report["models"].items():
-        print(f"\n== {key}: {entry['flops']['forward_gflops']:.3f} GFLOPs/img forward, {entry['flops']['train_gflops']:.3f} train")
-        print(f"   {'variant':10s} {'img/s':>9s} {'× eager':>8s} {'TFLOP/s':>8s} {'% peak':>7s} {'200 ep':>9s}  warm-up")
+        print(
+            f"\n== {key}: {entry['flops']['forward_gflops']:.3f} GFLOPs/img forward, {entry['flops']['train_gflops']:.3f} train"
+        )
+        print(
+            f"   {'variant':10s} {'img/s':>9s} {'× eager':>8s} {'TFLOP/s':>8s} {'% peak':>7s} {'200 ep':>9s}  warm-up"
+        )
         for name, r in entry["steps"].items():
             if "error" in r:
                 print(f"   {name:10s} unavailable: {r['error']}")
@@ -453,12 +477,18 @@ def print_report(report: dict) -> None:
                 f"→ {p['ratio']:.3f}× the bare loop ({p['precision']})"
             )
         if "data_vs_model" in entry:
-            print(f"   data pipeline / fastest model step: {entry['data_vs_model']:.1f}× (above 1: the model is the bottleneck)")
+            print(
+                f"   data pipeline / fastest model step: {entry['data_vs_model']:.1f}× (above 1: the model is the bottleneck)"
+            )
         mem = entry.get("memory")
         if mem:
-            print(f"   memory per training job at batch {report['memory_batch']}: {mem['total_gib']:.2f} GiB + the CUDA context")
+            print(
+                f"   memory per training job at batch {report['memory_batch']}: {mem['total_gib']:.2f} GiB + the CUDA context"
+            )
     for impl, d in report.get("data", {}).items():
-        print(f"\ndata pipeline ({impl}, CIFAR-10 recipe): {d['batches_per_s']:.1f} batches/s = {d['img_per_s']:.0f} img/s")
+        print(
+            f"\ndata pipeline ({impl}, CIFAR-10 recipe): {d['batches_per_s']:.1f} batches/s = {d['img_per_s']:.0f} img/s"
+        )
     policies = report.get("autoaugment_cpu")
     if policies:
         print(
@@ -469,7 +499,9 @@ def print_report(report: dict) -> None:
     print("\ntargets:")
     for row in report.get("targets", []):
         sign = "≤" if row.get("lower_is_better") else "≥"
-        print(f"   {row['what']:48s} {row['value']:8.3f}  (target {sign} {row['target']:g}: {'met' if row['met'] else 'NOT met'})")
+        print(
+            f"   {row['what']:48s} {row['value']:8.3f}  (target {sign} {row['target']:g}: {'met' if row['met'] else 'NOT met'})"
+        )
     print(f"\nwrote {report['out']}")
 
 
@@ -477,17 +509,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="attnexp-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="cct2,cct7", help="model choices, comma-separated (default: cct2,cct7)")
     p.add_argument("--attention", default="softmax,softmax_v", help="attention choices (default: softmax,softmax_v)")
-    p.add_argument("--variants", default=None, help=f"build variants of {','.join(VARIANTS)} (default: all but bf16 on a GPU)")
+    p.add_argument(
+        "--variants", default=None, help=f"build variants of {','.join(VARIANTS)} (default: all but bf16 on a GPU)"
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--batch-size", type=int, default=None, help="default: 128 on a GPU (the recipe), 32 on the CPU")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps per variant (default: 1 CPU, 10 GPU)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per repeat (default: 1 CPU, 50 GPU)")
     p.add_argument("--repeats", type=int, default=3, help="repeats; the median is reported (default: 3)")
-    p.add_argument("--path-steps", type=int, default=None, help="timed steps of the training-path comparison (default: 4 CPU, 100 GPU)")
-    p.add_argument("--data-batches", type=int, default=None, help="batches timed for the data pipeline (default: 5 CPU, 50 GPU)")
-    p.add_argument("--reference-batches", type=int, default=1, help="batches through torchvision's per-image pipeline (0: skip)")
-    p.add_argument("--compile", default="first", choices=("first", "all", "none"),
-                   help="compiled variant for the first attention choice of each model, for all, or none (default: first)")
+    p.add_argument(
+        "--path-steps",
+        type=int,
+        default=None,
+        help="timed steps of the training-path comparison (default: 4 CPU, 100 GPU)",
+    )
+    p.add_argument(
+        "--data-batches", type=int, default=None, help="batches timed for the data pipeline (default: 5 CPU, 50 GPU)"
+    )
+    p.add_argument(
+        "--reference-batches", type=int, default=1, help="batches through torchvision's per-image pipeline (0: skip)"
+    )
+    p.add_argument(
+        "--compile",
+        default="first",
+        choices=("first", "all", "none"),
+        help="compiled variant for the first attention choice of each model, for all, or none (default: first)",
+    )
     p.add_argument("--no-path", action="store_true", help="skip the training-path comparison")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--out", default="bench.json")
@@ -520,7 +567,9 @@ def run(argv=None) -> dict:
     warnings.filterwarnings("ignore", module="pytorch_lightning")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = torch.device(
+        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
     gpu = device.type == "cuda"
     if gpu:
         torch.set_float32_matmul_precision("high")
@@ -542,7 +591,12 @@ def run(argv=None) -> dict:
         for attention in attentions:
             compose(model_name, attention, *data_overrides)
 
-    report = {"machine": machine(device), "batch_size": args.batch_size, "args": vars(args), "variants": {k: asdict(v) for k, v in VARIANTS.items()}}
+    report = {
+        "machine": machine(device),
+        "batch_size": args.batch_size,
+        "args": vars(args),
+        "variants": {k: asdict(v) for k, v in VARIANTS.items()},
+    }
     report["memory_batch"] = 128
     report["models"] = {}
     report["data"] = bench_data(args, device)

@@ -84,7 +84,12 @@ def _supplier(owner: str, arg: str, cfg: DictConfig | None) -> str:
     """A contract keyword the attention config leaves null came from the backbone: the model's key."""
     from attnexp.layers.contract import CONTRACT
 
-    if owner == "attention" and arg in CONTRACT and cfg is not None and OmegaConf.select(cfg, f"attention.{arg}") is None:
+    if (
+        owner == "attention"
+        and arg in CONTRACT
+        and cfg is not None
+        and OmegaConf.select(cfg, f"attention.{arg}") is None
+    ):
         return "model"
     return owner
 

@@ -64,7 +64,9 @@ class RunRecorder(pl.Callback):
         if acc1 is None:
             return
         epoch = trainer.current_epoch + 1
-        self.history.append({"epoch": epoch, "val_acc1": acc1, "val_loss": _scalar(m, "val/loss"), "step": trainer.global_step})
+        self.history.append(
+            {"epoch": epoch, "val_acc1": acc1, "val_loss": _scalar(m, "val/loss"), "step": trainer.global_step}
+        )
         best = max(h["val_acc1"] for h in self.history)
         elapsed = time.perf_counter() - self._epoch_start
         if trainer.is_global_zero:

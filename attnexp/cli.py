@@ -24,7 +24,21 @@ from attnexp.config.validate import validate
 from attnexp.errors import ConfigError, StartupError
 from attnexp.rundir import read_metrics, single_run_dir, sweep_dir, update_metrics
 
-PASS_THROUGH = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--version", "--resolve", "-p", "--package"}
+PASS_THROUGH = {
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--cfg",
+    "-c",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+    "--version",
+    "--resolve",
+    "-p",
+    "--package",
+}
 EXIT_CONFIG = 2
 
 

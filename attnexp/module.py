@@ -17,7 +17,6 @@ from torch import nn
 from attnexp.layers.value_maps import scheduled_maps
 from attnexp.schedules import AlphaSchedule
 
-
 SCHEDULE_KEYS = ("optimizer.lr", "trainer.max_epochs", "scheduler")  # what decides each epoch's rate
 
 
@@ -37,8 +36,14 @@ def schedule_changes(saved: dict, current: dict) -> str:
     """'key old → new, ...' for the schedule keys a resume changes ('' when none, or nothing saved)."""
     if not saved or not current:
         return ""
-    old, new = ({k: v for key in SCHEDULE_KEYS for k, v in _leaves(_select(c, key), key).items()} for c in (saved, current))
-    return ", ".join(f"{key} {old.get(key)} → {new.get(key)}" for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key))
+    old, new = (
+        {k: v for key in SCHEDULE_KEYS for k, v in _leaves(_select(c, key), key).items()} for c in (saved, current)
+    )
+    return ", ".join(
+        f"{key} {old.get(key)} → {new.get(key)}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key)
+    )
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -63,7 +68,12 @@ class _Tally:
         hits = topk == labels[:, None]
         n = labels.shape[0]
         row = torch.stack(
-            [loss.detach().float() * n, hits[:, 0].sum().float(), hits.any(-1).sum().float(), torch.tensor(float(n), device=loss.device)]
+            [
+                loss.detach().float() * n,
+                hits[:, 0].sum().float(),
+                hits.any(-1).sum().float(),
+                torch.tensor(float(n), device=loss.device),
+            ]
         )
         self.sums = row if self.sums is None else self.sums + row
 
@@ -216,4 +226,7 @@ class ClassifierModule(pl.LightningModule):
             self.set_alpha(checkpoint["alpha"])
         changed = schedule_changes(checkpoint.get("attnexp_config") or {}, self.run_config)
         if changed:
-            print(f"attnexp: resuming with a changed schedule ({changed}): the rate follows the new config from here", file=sys.stderr)
+            print(
+                f"attnexp: resuming with a changed schedule ({changed}): the rate follows the new config from here",
+                file=sys.stderr,
+            )

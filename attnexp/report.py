@@ -21,6 +21,7 @@ from statistics import mean, stdev
 
 from attnexp.config.compose import is_bookkeeping
 from attnexp.rundir import read_metrics
+
 LOSS_TAG = "train/loss"
 CONFIDENCE = 0.95
 
@@ -346,7 +347,9 @@ def markdown_table(header: list[str], lines: list[list[str]], right: set[int] = 
     return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, rule, *lines])
 
 
-def render(rows: list[dict], metric: str, spec: dict, anchors: dict | None, unfinished: list[Run], plots: list[str]) -> str:
+def render(
+    rows: list[dict], metric: str, spec: dict, anchors: dict | None, unfinished: list[Run], plots: list[str]
+) -> str:
     name = "top-1" if metric.endswith("acc1") else metric
     compare = bool(spec)
     header = ["choices", "n", f"best {name}", "(min–max)", f"final {name}", "(min–max)", "epochs", "s/epoch", "params"]
@@ -357,14 +360,26 @@ def render(rows: list[dict], metric: str, spec: dict, anchors: dict | None, unfi
     lines = []
     for r in rows:
         b, f = r["_best"], r["_final"]
-        cells = [r["group"], str(r["n"]), _pm(b), f"{b.min:.2f}–{b.max:.2f}", _pm(f), f"{f.min:.2f}–{f.max:.2f}",
-                 r["epochs"], "" if r["s_per_epoch"] is None else f"{r['s_per_epoch']:.1f}", r["params"]]
+        cells = [
+            r["group"],
+            str(r["n"]),
+            _pm(b),
+            f"{b.min:.2f}–{b.max:.2f}",
+            _pm(f),
+            f"{f.min:.2f}–{f.max:.2f}",
+            r["epochs"],
+            "" if r["s_per_epoch"] is None else f"{r['s_per_epoch']:.1f}",
+            r["params"],
+        ]
         if compare:
             for which in ("best", "final"):
                 if r[f"d_{which}"] is None:
                     cells += ["—", r[f"verdict_{which}"]]
                 else:
-                    cells += [_delta((r[f"d_{which}"], r[f"d_{which}_low"], r[f"d_{which}_high"])), r[f"verdict_{which}"]]
+                    cells += [
+                        _delta((r[f"d_{which}"], r[f"d_{which}_low"], r[f"d_{which}_high"])),
+                        r[f"verdict_{which}"],
+                    ]
         if anchors:
             cells.append(r["published"])
         lines.append(cells)
@@ -382,7 +397,9 @@ def render(rows: list[dict], metric: str, spec: dict, anchors: dict | None, unfi
     if anchors:
         notes.append(f"published: {anchors.get('setting', 'reported numbers')} (from the anchors file).")
     out += [f"- {n}" for n in notes] + [""]
-    out.append(markdown_table(header, lines, right={1, 2, 4, 7, 8}) if lines else f"(no finished run logged `{metric}`)")
+    out.append(
+        markdown_table(header, lines, right={1, 2, 4, 7, 8}) if lines else f"(no finished run logged `{metric}`)"
+    )
     if unfinished:
         out += ["", f"## Not in the statistics ({len(unfinished)} jobs)", ""]
         listed = []
@@ -417,7 +434,9 @@ def _band(runs: list[Run], tag: str):
     import numpy as np
 
     epochs = sorted({e for r in runs for e in r.curves.get(tag, {})})
-    grid = np.array([[r.curves.get(tag, {}).get(e, np.nan) for e in epochs] for r in runs], dtype=float)  # (runs, epochs)
+    grid = np.array(
+        [[r.curves.get(tag, {}).get(e, np.nan) for e in epochs] for r in runs], dtype=float
+    )  # (runs, epochs)
     return epochs, np.nanmean(grid, 0), np.nanmin(grid, 0), np.nanmax(grid, 0)
 
 
@@ -435,7 +454,9 @@ def plot_curves(groups: list[Group], metric: str, path: Path) -> None:
             epochs, m, lo, hi = _band(g.runs, tag)
             if not epochs:
                 continue
-            ax.plot(epochs, m, color=color, marker="o" if len(epochs) < 4 else None, label=f"{g.label} (n={len(g.runs)})")
+            ax.plot(
+                epochs, m, color=color, marker="o" if len(epochs) < 4 else None, label=f"{g.label} (n={len(g.runs)})"
+            )
             ax.fill_between(epochs, lo, hi, color=color, alpha=0.2, linewidth=0)
     axes[0].set(xlabel="epoch", ylabel=metric, title=f"{metric}: mean over seeds, band = min–max")
     axes[1].set(xlabel="epoch", ylabel=LOSS_TAG, title=f"{LOSS_TAG}: mean over seeds, band = min–max")
@@ -474,8 +495,15 @@ def plot_trend(groups: list[Group], metric: str, x: str, baselines: dict, path: 
         for i, (label, members) in enumerate(series.items()):
             members = sorted(members, key=number)
             stats = [Stats.of(g.values(which, metric)) for g in members]
-            ax.errorbar([number(g) for g in members], [s.mean for s in stats], yerr=[s.std or 0 for s in stats],
-                        marker="o", capsize=3, color=f"C{i % 10}", label=label)
+            ax.errorbar(
+                [number(g) for g in members],
+                [s.mean for s in stats],
+                yerr=[s.std or 0 for s in stats],
+                marker="o",
+                capsize=3,
+                color=f"C{i % 10}",
+                label=label,
+            )
         for j, b in enumerate(refs):
             s = Stats.of(b.values(which, metric))
             label = f"baseline {b.label} (n={s.n})" if j == 0 else None
@@ -516,12 +544,16 @@ def seed003_table(runs: list[Run], metric: str) -> tuple[list[str], list[list[st
     lines, batches, seeds = [], set(), set()
     for (model, data), members in sorted(cells.items(), key=order):
         best = mean(max(r.curves[metric].values()) for r in members)
-        ms = [r.metrics["inference_ms_per_batch"] for r in members if r.metrics.get("inference_ms_per_batch") is not None]
+        ms = [
+            r.metrics["inference_ms_per_batch"] for r in members if r.metrics.get("inference_ms_per_batch") is not None
+        ]
         batches |= {r.metrics.get("inference_batch_size") for r in members if r.metrics.get("inference_batch_size")}
         params = [r.metrics["params"] for r in members if r.metrics.get("params")]
         seeds.add(len(members))
         timing = f"{mean(ms):.2f}" if ms else ""
-        lines.append([model_type(model), DATASETS.get(data, data), f"{best:.2f}", timing, _span(params) if params else ""])
+        lines.append(
+            [model_type(model), DATASETS.get(data, data), f"{best:.2f}", timing, _span(params) if params else ""]
+        )
     note = (
         f"Max Accuracy: best `{metric}` over the epochs"
         + (" (mean over seeds)" if seeds - {1} else "")
@@ -542,15 +574,21 @@ def build_parser() -> argparse.ArgumentParser:
         "a Welch-t comparison against a baseline, and learning curves.",
     )
     p.add_argument("dirs", nargs="+", metavar="DIR", help="sweep or run folders (searched recursively)")
-    p.add_argument("--baseline", action="append", metavar="KEY=VALUE",
-                   help="the group to compare against, e.g. seqpool=x (repeatable)")
+    p.add_argument(
+        "--baseline",
+        action="append",
+        metavar="KEY=VALUE",
+        help="the group to compare against, e.g. seqpool=x (repeatable)",
+    )
     p.add_argument("--metric", default="val/acc1", help="TensorBoard tag to summarise (default: val/acc1)")
     p.add_argument("--out", help="folder for report.md, report.csv and the PNGs (default: the first DIR)")
-    p.add_argument("--anchors", metavar="FILE",
-                   help="published numbers (YAML), or a shipped name: " + ", ".join(shipped_anchors()))
+    p.add_argument(
+        "--anchors", metavar="FILE", help="published numbers (YAML), or a shipped name: " + ", ".join(shipped_anchors())
+    )
     p.add_argument("--x", metavar="KEY", help="a numeric choice (e.g. alpha.value): draw trend.png against it")
-    p.add_argument("--table", choices=["seed003"],
-                   help="print a fixed-format table instead (seed003: Model Type | Dataset | ...)")
+    p.add_argument(
+        "--table", choices=["seed003"], help="print a fixed-format table instead (seed003: Model Type | Dataset | ...)"
+    )
     return p
 
 

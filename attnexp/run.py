@@ -104,7 +104,9 @@ def channels_last_tokenizer(model: torch.nn.Module) -> torch.nn.Module:
     if tokenizer is None or not any(isinstance(m, torch.nn.Conv2d) for m in tokenizer.modules()):
         return model
     tokenizer.to(memory_format=torch.channels_last)
-    tokenizer.register_forward_pre_hook(lambda _, args: (args[0].contiguous(memory_format=torch.channels_last), *args[1:]))
+    tokenizer.register_forward_pre_hook(
+        lambda _, args: (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
+    )
     return model
 
 
@@ -246,8 +248,13 @@ def train(cfg: DictConfig, run_dir: str) -> dict:
             )
             logger.finalize(status)
         return update_metrics(
-            run_dir, status=status, best_acc1=best, final_acc1=final, epochs=len(history) and history[-1]["epoch"],
-            wall_time_s=round(wall, 2), **fields
+            run_dir,
+            status=status,
+            best_acc1=best,
+            final_acc1=final,
+            epochs=len(history) and history[-1]["epoch"],
+            wall_time_s=round(wall, 2),
+            **fields,
         )
 
     try:
@@ -255,12 +262,18 @@ def train(cfg: DictConfig, run_dir: str) -> dict:
     except NonFiniteLoss as e:
         finish("diverged", reason=str(e), diverged_step=e.step)
         kept = sorted(p.name for p in ckpt_dir.glob("*.ckpt"))
-        where = f"last good checkpoints kept: {', '.join(kept)} in {ckpt_dir}" if kept else "no checkpoint had been saved yet"
+        where = (
+            f"last good checkpoints kept: {', '.join(kept)} in {ckpt_dir}"
+            if kept
+            else "no checkpoint had been saved yet"
+        )
         raise RunFailed("diverged", f"{e}: stopped; {where}") from None
     except StopRequested as e:
         resume = f"ckpt_path={ckpt_dir / 'last.ckpt'}"
         finish("interrupted", reason=f"signal {e.signum}", resume_with=resume)
-        raise RunFailed("interrupted", f"interrupted at step {trainer.global_step}; resume with {resume}", 128 + e.signum) from None
+        raise RunFailed(
+            "interrupted", f"interrupted at step {trainer.global_step}; resume with {resume}", 128 + e.signum
+        ) from None
     except KeyboardInterrupt:
         finish("interrupted", reason="interrupted twice: stopped without a new checkpoint")
         raise RunFailed("interrupted", "interrupted", exit_code=130) from None
@@ -307,16 +320,17 @@ def evaluate(cfg: DictConfig, run_dir: str) -> dict:
     results = trainer.test(module, datamodule=build_data(cfg), verbose=False)[0]
     metrics = {k.replace("/", "_"): float(v) for k, v in results.items()}
     print(f"test top-1: {metrics['test_acc1']:.2f}, top-5: {metrics['test_acc5']:.2f}")
-    return update_metrics(run_dir, status="done", mode="eval", ckpt_path=cfg.ckpt_path, params=trainable_parameters(model), **metrics)
+    return update_metrics(
+        run_dir, status="done", mode="eval", ckpt_path=cfg.ckpt_path, params=trainable_parameters(model), **metrics
+    )
 
 
 def summary(cfg: DictConfig, run_dir: str) -> dict:
     """Parameters, GFLOPs per image and tokens, without data or training."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from attnexp.layers.block import TransformerBlock
-
     from attnexp.layers.attention import Attention
+    from attnexp.layers.block import TransformerBlock
 
     model = build_model(cfg).eval()
     for m in model.modules():  # the FLOP counter cannot see inside CPU fused attention kernels

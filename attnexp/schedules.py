@@ -89,7 +89,9 @@ class LinearAlpha(AlphaSchedule):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.ramp_begin >= 0, "ramp_begin", self.ramp_begin, "must be ≥ 0")
-        require(self.ramp_end >= self.ramp_begin, "ramp_end", self.ramp_end, f"must be ≥ ramp_begin={self.ramp_begin:g}")
+        require(
+            self.ramp_end >= self.ramp_begin, "ramp_end", self.ramp_end, f"must be ≥ ramp_begin={self.ramp_begin:g}"
+        )
 
     def extent(self) -> tuple[float, float]:
         return min(self.start, self.end), max(self.start, self.end)

@@ -55,9 +55,7 @@ TINY = [
 def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the installed `attnexp` console script; outputs land under cwd."""
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
-    return subprocess.run(
-        [str(ATTNEXP), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
-    )
+    return subprocess.run([str(ATTNEXP), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
 def run_dirs(root: Path) -> list[Path]:

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 import torch
-
-import attnexp
 from conftest import REFERENCE, TINY, compose, needs_shared, run_cli, run_dirs
 from test_official_models import PRESETS
+
+import attnexp
 
 
 def test_help_lists_groups_and_choices_without_importing_torch():
@@ -30,7 +30,14 @@ def test_help_lists_groups_and_choices_without_importing_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    for group, choice in [("model", "cct7"), ("attention", "softmax_v"), ("seqpool", "softmax_plus_x"), ("alpha", "linear"), ("data", "digits"), ("experiment", "seqpool_lines")]:
+    for group, choice in [
+        ("model", "cct7"),
+        ("attention", "softmax_v"),
+        ("seqpool", "softmax_plus_x"),
+        ("alpha", "linear"),
+        ("data", "digits"),
+        ("experiment", "seqpool_lines"),
+    ]:
         line = next(line for line in proc.stdout.splitlines() if line.startswith(f"{group}:"))
         assert choice in line
 
@@ -56,7 +63,9 @@ def test_summary_prints_the_parameter_count_of_every_preset(workdir):
     proc = run_cli("-m", "mode=summary", f"model={','.join(PRESETS)}", cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-2000:]
     printed = dict(re.findall(r"^(\w+): ([\d,]+) trainable parameters", proc.stdout, re.M))
-    assert {k: int(v.replace(",", "")) for k, v in printed.items()} == {k: reference[v]["params"] for k, v in PRESETS.items()}
+    assert {k: int(v.replace(",", "")) for k, v in printed.items()} == {
+        k: reference[v]["params"] for k, v in PRESETS.items()
+    }
     (path,) = [p for p in (workdir / "multirun").rglob("summary.json") if p.parent.parent.name.endswith("model=cct7")]
     summary = json.loads(path.read_text())
     assert summary["tokens"] == 256 and summary["gflops_per_image"] > 1
@@ -76,8 +85,12 @@ def test_a_run_leaves_config_events_checkpoints_and_metrics(workdir):
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
     m = json.loads((run_dir / "metrics.json").read_text())
-    assert m["status"] == "done" and m["epochs"] == 2 and m["params"] == 283_723  # cct_2_3x2_32 on 3-channel 32×32 images
-    assert m["best_acc1"] == max(h["val_acc1"] for h in m["history"]) and m["final_acc1"] == m["history"][-1]["val_acc1"]
+    assert (
+        m["status"] == "done" and m["epochs"] == 2 and m["params"] == 283_723
+    )  # cct_2_3x2_32 on 3-channel 32×32 images
+    assert (
+        m["best_acc1"] == max(h["val_acc1"] for h in m["history"]) and m["final_acc1"] == m["history"][-1]["val_acc1"]
+    )
     assert m["command"].startswith("attnexp data=fake") and torch.__version__.startswith(m["versions"]["torch"])
     assert "git_commit" in m and "git_dirty" in m and m["device"].startswith("cpu")
 
@@ -85,7 +98,17 @@ def test_a_run_leaves_config_events_checkpoints_and_metrics(workdir):
 
     scalars = SummaryReader(str(run_dir / "tb")).scalars
     tags = set(scalars.tag)
-    assert {"train/loss", "train/acc1", "val/loss", "val/acc1", "val/acc5", "lr", "time/epoch_s", "hp/best_acc1", "hp/final_acc1"} <= tags
+    assert {
+        "train/loss",
+        "train/acc1",
+        "val/loss",
+        "val/acc1",
+        "val/acc5",
+        "lr",
+        "time/epoch_s",
+        "hp/best_acc1",
+        "hp/final_acc1",
+    } <= tags
     val = scalars[scalars.tag == "val/acc1"]["value"].tolist()
     assert val == pytest.approx([h["val_acc1"] for h in m["history"]])
     hp = scalars[scalars.tag == "hp/best_acc1"]["value"].tolist()
@@ -105,8 +128,9 @@ def test_a_run_leaves_config_events_checkpoints_and_metrics(workdir):
 
 
 def test_a_second_run_in_the_same_second_gets_its_own_folder(workdir):
-    from attnexp.rundir import single_run_dir
     from datetime import datetime
+
+    from attnexp.rundir import single_run_dir
 
     now = datetime(2026, 1, 2, 3, 4, 5)
     first = single_run_dir(str(workdir), "cct2", "softmax", now)
@@ -134,9 +158,17 @@ def test_cct_learns_real_mnist(mnist_root, tmp_path):
     from attnexp.run import run_job
 
     cfg = compose(
-        "data=mnist", f"data.root={mnist_root}", "model=cct2", "trainer=cpu", "trainer.max_epochs=1",
-        "trainer.progress_bar=off", "scheduler.warmup_epochs=0", "optimizer.lr=1e-3", "data.batch_size=32",
-        "trainer.limit_train_batches=150", "label_smoothing=0",
+        "data=mnist",
+        f"data.root={mnist_root}",
+        "model=cct2",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "trainer.progress_bar=off",
+        "scheduler.warmup_epochs=0",
+        "optimizer.lr=1e-3",
+        "data.batch_size=32",
+        "trainer.limit_train_batches=150",
+        "label_smoothing=0",
     )
     metrics = run_job(cfg, str(tmp_path))
     assert metrics["status"] == "done"

@@ -25,7 +25,14 @@ from attnexp.preflight import check_built
 MODELS = group_options("model")
 ATTENTIONS = group_options("attention")
 SEQPOOLS = group_options("seqpool")
-FIVE_TOKENS = {"vit", "deepvit", "hybrid", "vit_seed003", "deepvit_seed003", "hybrid_seed003"}  # 2×2 patches + class token
+FIVE_TOKENS = {
+    "vit",
+    "deepvit",
+    "hybrid",
+    "vit_seed003",
+    "deepvit_seed003",
+    "hybrid_seed003",
+}  # 2×2 patches + class token
 
 # toy width: small enough for the whole grid in seconds, divisible by every preset's head count
 TOY = {"dim": 24, "num_layers": 2, "head_dim": 8, "hidden_dim": 16}
@@ -56,7 +63,10 @@ def nodes():
 
 def predicted_refusal(model: str, cfg, attention: str, seqpool: str) -> str | None:
     """The key a combination must be refused on, from the documented rules (None: it must run)."""
-    has_attention, has_seqpool = "attn_layer" in cfg.model, "seqpool_value" in cfg.model and cfg.model.get("pooling") != "cls"
+    has_attention, has_seqpool = (
+        "attn_layer" in cfg.model,
+        "seqpool_value" in cfg.model and cfg.model.get("pooling") != "cls",
+    )
     if seqpool != "x" and not has_seqpool:
         return "seqpool"
     if attention != "softmax" and not has_attention:

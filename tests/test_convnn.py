@@ -10,13 +10,13 @@ import shutil
 import pytest
 import torch
 import yaml
+from conftest import ATTNEXP, REPO, check, compose, run_cli
 
 import attnexp
 from attnexp.errors import ConfigError
 from attnexp.layers import convnn
 from attnexp.layers.attention import Attention
 from attnexp.layers.convnn import ConvNNAttention
-from conftest import ATTNEXP, REPO, check, compose, run_cli
 
 VIT = ["model=vit_tiny224", "data=cifar10"]
 
@@ -65,7 +65,9 @@ def test_counts_follow_the_layer_formula():
     # NoSplitHead: V Linear(192 → 192/9 = 21 | 3), conv (21 | 3 → 192, K 9) instead of V 192 and the split conv
     for layout, v in (("v_d_over_h2", d // h**2), ("v_h", h)):
         per_block = 3 * (d * d + d) + (d * v + v) + (v * d * 9 + d)  # q, k, output; narrow V; conv
-        assert count("attention=convnn", f"attention.head_layout={layout}") == base + blocks * (per_block - 4 * (d * d + d))
+        assert count("attention=convnn", f"attention.head_layout={layout}") == base + blocks * (
+            per_block - 4 * (d * d + d)
+        )
 
 
 def test_attention_num_heads_wins_over_the_backbone():
@@ -129,7 +131,10 @@ def reference_mixer(m: convnn.ConvNNMixer, x: torch.Tensor, candidates: list[int
                 prime = [[w[r] * v[b, cands[ranked[r]], ks][c].item() for c in range(cv)] for r in range(K)]
                 if depthwise:  # K taps per channel, then a 1×1 conv
                     dw = m.prime[0]
-                    prime_c = [dw.bias[c].item() + sum(dw.weight[c, 0, r].item() * prime[r][c] for r in range(K)) for c in range(cv)]
+                    prime_c = [
+                        dw.bias[c].item() + sum(dw.weight[c, 0, r].item() * prime[r][c] for r in range(K))
+                        for c in range(cv)
+                    ]
                     for o in range(c_out):
                         acc = conv.bias[o].item() + sum(conv.weight[o, c, 0].item() * prime_c[c] for c in range(cv))
                         out[b, i, head * c_out + o] = acc
@@ -304,7 +309,11 @@ SMALL = ["model=vit_tiny224", "attention=convnn", "data=fake", "model.image_size
         (["attention.sampling=random"], "attention.samples", "needs samples"),
         (["attention.sampling=spatial", "attention.samples=65"], "attention.samples", "64 patches"),
         (["attention.num_heads=5"], "attention.num_heads", "width 192 does not split into 5 heads"),
-        (["attention.num_heads=3", "attention.branch=attention", "attention.branch_ratio=0.3"], "attention.num_heads", "width 58"),
+        (
+            ["attention.num_heads=3", "attention.branch=attention", "attention.branch_ratio=0.3"],
+            "attention.num_heads",
+            "width 58",
+        ),
         (["attention.similarity=dot"], "attention.similarity", "cosine, euclidean"),
         (["attention.projection=qv"], "attention.projection", "kqv, v, kq, none"),
         (["attention.head_layout=v_h", "attention.projection=kq"], "attention.head_layout", "projection=kqv or v"),
@@ -368,7 +377,9 @@ def test_summary_params_and_gflops(tmp_path, capsys):
         "convnn": (5_931_658, vit_linear_flops() + similarity + prime),
     }
     for attention, (params, flops) in expected.items():
-        extra = ["attention.impl=explicit"] if attention == "softmax" else []  # the fused kernel has no FLOP count on CPU
+        extra = (
+            ["attention.impl=explicit"] if attention == "softmax" else []
+        )  # the fused kernel has no FLOP count on CPU
         cfg = compose(*VIT, f"attention={attention}", "mode=summary", *extra)
         info = run_job(cfg, str(tmp_path / attention))
         assert info["params"] == params
@@ -380,7 +391,14 @@ def test_summary_params_and_gflops(tmp_path, capsys):
 # ---------------------------------------------------------------- the ablation as a real multirun
 
 # small: 32 px with 4 px patches (65 tokens, so K 36 fits), one 48-wide block, 2 batches of 4
-SMOKE = ["debug=tiny", "model.image_size=32", "model.patch_size=4", "model.num_layers=1", "model.dim=48", "data.batch_size=4"]
+SMOKE = [
+    "debug=tiny",
+    "model.image_size=32",
+    "model.patch_size=4",
+    "model.num_layers=1",
+    "model.dim=48",
+    "data.batch_size=4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -423,7 +441,11 @@ def test_ablation_report_lists_every_line_beside_the_log(ablation_sweep, tmp_pat
     args = [str(ablation_sweep), "--baseline", "convnn_line=attention", "--anchors", "convnn", "--out", str(out)]
     proc = subprocess.run([str(report), *args], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = {r.split("|")[1].strip(): r for r in (out / "report.md").read_text().splitlines() if r.startswith("| convnn_line=")}
+    rows = {
+        r.split("|")[1].strip(): r
+        for r in (out / "report.md").read_text().splitlines()
+        if r.startswith("| convnn_line=")
+    }
     lines = ablation()["hydra"]["sweeper"]["params"]["convnn_line"].split(",")
     assert sorted(rows) == sorted(f"convnn_line={line}" for line in lines)
     anchors = yaml.safe_load((REPO / "conf" / "anchors" / "convnn.yaml").read_text())["published"]

@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from formulas import attention_formula, gelu_erf, layer_norm
 
 import attnexp
 from attnexp.schedules import warmup_cosine_factor
-from formulas import attention_formula, gelu_erf, layer_norm
 
 torch.manual_seed(0)
 
@@ -30,7 +30,9 @@ def test_encoder_layer_matches_official_norm_placement(cct2):
     blk = cct2.classifier.blocks[1]
     a = blk.self_attn
     x = torch.randn(2, 64, 128, dtype=torch.float64)
-    s = x + attention_formula(layer_norm(x, blk.pre_norm.weight, blk.pre_norm.bias), a.qkv.weight, a.proj.weight, a.proj.bias, 2)
+    s = x + attention_formula(
+        layer_norm(x, blk.pre_norm.weight, blk.pre_norm.bias), a.qkv.weight, a.proj.weight, a.proj.bias, 2
+    )
     s = layer_norm(s, blk.norm1.weight, blk.norm1.bias)  # the stream itself is replaced
     expected = s + (gelu_erf(s @ blk.linear1.weight.T + blk.linear1.bias) @ blk.linear2.weight.T + blk.linear2.bias)
     torch.testing.assert_close(blk(x), expected, atol=1e-10, rtol=0)
@@ -108,9 +110,8 @@ def official_lr(epoch, base=5e-4, warmup=5, total=200):
 
 def test_warmup_cosine_per_epoch_matches_official_rule():
     # through the real optimizer + scheduler the CLI builds, epoch by epoch
-    from hydra.utils import instantiate
-
     from conftest import compose
+    from hydra.utils import instantiate
 
     cfg = compose("model=cct2")
     params = [torch.nn.Parameter(torch.zeros(1))]

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import REFERENCE, needs_shared
 
 import attnexp
-from conftest import REFERENCE, needs_shared
 
 PRESETS = {
     "cct2": "cct_2_3x2_32",
@@ -39,7 +39,9 @@ def shapes(model) -> dict:
     return {k: list(v.shape) for k, v in model.state_dict().items()}
 
 
-CASES = [(official, [f"model={preset}", "data=cifar10"]) for preset, official in PRESETS.items()] + list(VARIANTS.items())
+CASES = [(official, [f"model={preset}", "data=cifar10"]) for preset, official in PRESETS.items()] + list(
+    VARIANTS.items()
+)
 
 
 @needs_shared
@@ -58,7 +60,11 @@ def test_sine_table_is_fixed_and_matches_formula():
     n, d = table.shape[1:]
     for p, i in [(0, 0), (3, 0), (5, 1), (17, 6), (200, 255), (255, 254)]:
         angle = p / 10000 ** (2 * (i // 2) / d)
-        expected = torch.sin(torch.tensor(angle, dtype=torch.float64)) if i % 2 == 0 else torch.cos(torch.tensor(angle, dtype=torch.float64))
+        expected = (
+            torch.sin(torch.tensor(angle, dtype=torch.float64))
+            if i % 2 == 0
+            else torch.cos(torch.tensor(angle, dtype=torch.float64))
+        )
         assert table[0, p, i].item() == pytest.approx(expected.item(), abs=1e-6)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import MNIST_T10K, compose
 from PIL import Image, ImageEnhance, ImageOps
 
 from attnexp.data.augment import BatchAugment, TorchvisionAugment, build_augment
@@ -29,7 +30,6 @@ from attnexp.data.official_policy import (
     rotate_coefficients,
     translate_coefficients,
 )
-from conftest import MNIST_T10K, compose
 
 TABLE = POLICIES["cifar10"]
 BY_INDEX, BY_MASK = OfficialCIFAR10Policy(grouping="index"), OfficialCIFAR10Policy(grouping="mask")  # tables built once
@@ -58,10 +58,18 @@ def rotate_with_fill(img, magnitude):
 
 
 REFERENCE = {  # op → f(image, magnitude, sign): the official lambdas with the sign passed in
-    "ShearX": lambda img, m, s: img.transform(img.size, Image.AFFINE, (1, m * s, 0, 0, 1, 0), Image.BICUBIC, fillcolor=FILL),
-    "ShearY": lambda img, m, s: img.transform(img.size, Image.AFFINE, (1, 0, 0, m * s, 1, 0), Image.BICUBIC, fillcolor=FILL),
-    "TranslateX": lambda img, m, s: img.transform(img.size, Image.AFFINE, (1, 0, m * img.size[0] * s, 0, 1, 0), fillcolor=FILL),
-    "TranslateY": lambda img, m, s: img.transform(img.size, Image.AFFINE, (1, 0, 0, 0, 1, m * img.size[1] * s), fillcolor=FILL),
+    "ShearX": lambda img, m, s: img.transform(
+        img.size, Image.AFFINE, (1, m * s, 0, 0, 1, 0), Image.BICUBIC, fillcolor=FILL
+    ),
+    "ShearY": lambda img, m, s: img.transform(
+        img.size, Image.AFFINE, (1, 0, 0, m * s, 1, 0), Image.BICUBIC, fillcolor=FILL
+    ),
+    "TranslateX": lambda img, m, s: img.transform(
+        img.size, Image.AFFINE, (1, 0, m * img.size[0] * s, 0, 1, 0), fillcolor=FILL
+    ),
+    "TranslateY": lambda img, m, s: img.transform(
+        img.size, Image.AFFINE, (1, 0, 0, 0, 1, m * img.size[1] * s), fillcolor=FILL
+    ),
     "Rotate": lambda img, m, s: rotate_with_fill(img, m),
     "Color": lambda img, m, s: ImageEnhance.Color(img).enhance(1 + m * s),
     "Posterize": lambda img, m, s: ImageOps.posterize(img, int(m)),  # numpy's int is 100× slower here, same image
@@ -175,7 +183,9 @@ def test_op_matches_pil(images, op, level_bin):
     grouping) and for the first 64 (mask grouping; test_policy_replayed_through_pil has all of them)."""
     k, slot = OP_SLOTS[(op, level_bin)]
     for negative in (False, True) if op in OFFICIAL_SIGNED else (False,):
-        expected = torch.stack([from_pil(reference_op(to_pil(x), op, level_bin, -1 if negative else 1)) for x in images])
+        expected = torch.stack(
+            [from_pil(reference_op(to_pil(x), op, level_bin, -1 if negative else 1)) for x in images]
+        )
         # every op changes some image (else the comparison tests nothing), bar Color's bin 0: factor 1, a copy
         assert (expected != images).any() or (op, level_bin) == ("Color", 0), "the op changed nothing"
         draw = single_op_draw(len(images), k, slot, negative)
@@ -183,7 +193,9 @@ def test_op_matches_pil(images, op, level_bin):
         assert torch.equal(out, expected), f"{op} bin {level_bin} negative={negative} index: {differing(out, expected)}"
         n = MASKED_SUBSET
         out = BY_MASK.apply(images[:n], single_op_draw(n, k, slot, negative))
-        assert torch.equal(out, expected[:n]), f"{op} bin {level_bin} negative={negative} mask: {differing(out, expected[:n])}"
+        assert torch.equal(out, expected[:n]), (
+            f"{op} bin {level_bin} negative={negative} mask: {differing(out, expected[:n])}"
+        )
 
 
 def batched_op(x: torch.Tensor, op: str, level_bin: int | None, sign: int) -> torch.Tensor:
@@ -251,7 +263,12 @@ def test_draw_frequencies():
         mine = draw.policy == k
         for slot, (op, p, _) in enumerate(pair):
             runs = draw.applied[mine, slot].double()
-            assert abs(runs.mean().item() - p) <= 5 * math.sqrt(p * (1 - p) / len(runs)), (k, slot, runs.mean().item(), p)
+            assert abs(runs.mean().item() - p) <= 5 * math.sqrt(p * (1 - p) / len(runs)), (
+                k,
+                slot,
+                runs.mean().item(),
+                p,
+            )
             negative = draw.negative[mine, slot]
             if op in OFFICIAL_SIGNED:
                 signed_draws.append(negative)
@@ -293,7 +310,11 @@ def test_recipe_through_pil_per_image_matches_batched(images):
     a, b = stats(batched), stats(per_image)
     for key in a:
         se = math.sqrt(a[key].var().item() / len(images) + b[key].var().item() / len(images))
-        assert abs(a[key].mean().item() - b[key].mean().item()) <= 5 * se, (key, a[key].mean().item(), b[key].mean().item())
+        assert abs(a[key].mean().item() - b[key].mean().item()) <= 5 * se, (
+            key,
+            a[key].mean().item(),
+            b[key].mean().item(),
+        )
     assert (per_image != images).flatten(1).any(1).double().mean() > 0.9
 
 
@@ -302,7 +323,9 @@ def test_config_selects_the_official_policy():
     runs the PIL path, the batched loaders the batched policy; cifar10 stays torchvision's policy."""
     spec = dict(compose("data=cifar10", "data.augment.autoaugment=official").data.augment)
     per_image = build_augment(spec, "torchvision")
-    assert isinstance(per_image, TorchvisionAugment) and isinstance(per_image.transform.transforms[0], PILOfficialPolicy)
+    assert isinstance(per_image, TorchvisionAugment) and isinstance(
+        per_image.transform.transforms[0], PILOfficialPolicy
+    )
     assert isinstance(build_augment(spec, "batched").policy, OfficialCIFAR10Policy)
     assert isinstance(build_augment({**spec, "autoaugment": "cifar10"}, "batched").policy, BatchAutoAugment)
     with pytest.raises(ValueError, match="one of cifar10, svhn, imagenet, official"):
@@ -312,7 +335,9 @@ def test_config_selects_the_official_policy():
 # ------------------------------------------------------------------ CUDA
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible (tests hide GPUs unless CUDA_VISIBLE_DEVICES is set)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device visible (tests hide GPUs unless CUDA_VISIBLE_DEVICES is set)"
+)
 def test_cuda_mask_path_matches_the_cpu(images):
     """On the GPU (mask grouping, no host sync once the tables are there): the same draws give the CPU's
     images up to 1 in at most 0.1 % of the pixels."""

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import run_cli
 
 import attnexp
-from conftest import run_cli
 
 
 def job_dirs(workdir):

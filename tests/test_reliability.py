@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import ATTNEXP, run_cli, run_dirs
 
 # ---------------------------------------------------------------- bad input, refused at start-up
@@ -126,7 +125,9 @@ def run_main(argv: list[str], capsys) -> Exit:
     return Exit(code, capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("overrides,needle", CONFIG_ERRORS + DATA_ERRORS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+@pytest.mark.parametrize(
+    "overrides,needle", CONFIG_ERRORS + DATA_ERRORS, ids=lambda v: " ".join(v) if isinstance(v, list) else None
+)
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(overrides, needle, battery_dir, capsys):
     data = [] if any(o.startswith("data=") for o in overrides) else ["data=fake"]
     proc = run_main([*overrides, *data], capsys)
@@ -181,7 +182,10 @@ def test_bad_checkpoints_each_give_one_line(workdir):
         (["debug=tiny", f"model.pretrained={other}"], "does not fit"),
         (["debug=tiny", "mode=eval", f"ckpt_path={garbage}"], "not a readable checkpoint"),
     ]
-    procs = [subprocess.Popen([str(ATTNEXP), *o], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for o, _ in cases]
+    procs = [
+        subprocess.Popen([str(ATTNEXP), *o], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for o, _ in cases
+    ]
     for proc, (_, needle) in zip(procs, cases):
         out, err = proc.communicate(timeout=120)
         proc.stderr_text = err
@@ -269,8 +273,14 @@ def test_metrics_json_is_replaced_atomically(tmp_path):
 # ---------------------------------------------------------------- signals and exact resume
 
 RUN = [
-    "debug=tiny", "model=cct2", "trainer.max_epochs=2", "trainer.limit_train_batches=null",
-    "trainer.limit_val_batches=null", "data.train_size=640", "data.batch_size=32", "trainer.deterministic=true",
+    "debug=tiny",
+    "model=cct2",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=null",
+    "trainer.limit_val_batches=null",
+    "data.train_size=640",
+    "data.batch_size=32",
+    "trainer.deterministic=true",
 ]
 
 
@@ -278,8 +288,20 @@ def test_sigterm_mid_epoch_then_resume_matches_the_uninterrupted_run(workdir):
     """Bit-exact on CPU: same data order and augmentation (seeded per batch), dropout seeded per
     step, optimizer, scheduler and loader position restored from the mid-epoch checkpoint."""
     full_dir, cut_dir = workdir / "full", workdir / "cut"
-    full = subprocess.Popen([str(ATTNEXP), *RUN, f"hydra.run.dir={full_dir}"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    cut = subprocess.Popen([str(ATTNEXP), *RUN, f"hydra.run.dir={cut_dir}"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    full = subprocess.Popen(
+        [str(ATTNEXP), *RUN, f"hydra.run.dir={full_dir}"],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    cut = subprocess.Popen(
+        [str(ATTNEXP), *RUN, f"hydra.run.dir={cut_dir}"],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 180
     while not (cut_dir / "checkpoints" / "last.ckpt").exists():  # epoch 1 is done
         assert time.time() < deadline and cut.poll() is None

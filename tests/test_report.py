@@ -51,8 +51,16 @@ def lightning_rows(accs: list[float], losses: list[float], steps_per_epoch: int 
     return rows
 
 
-def make_run(root: Path, overrides: list[str], seed: int, accs: list[float] | None, status: str = "done",
-             choices: dict | None = None, metrics: dict | None = None, config: dict | None = None) -> Path:
+def make_run(
+    root: Path,
+    overrides: list[str],
+    seed: int,
+    accs: list[float] | None,
+    status: str = "done",
+    choices: dict | None = None,
+    metrics: dict | None = None,
+    config: dict | None = None,
+) -> Path:
     key = ",".join(sorted(overrides)) or "default"
     run = root / key / f"seed_{seed}"
     (run / ".hydra").mkdir(parents=True)
@@ -63,7 +71,9 @@ def make_run(root: Path, overrides: list[str], seed: int, accs: list[float] | No
             head, tail = k.split(".", 1)
             body.setdefault(head, {})[tail] = yaml.safe_load(v)
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(body))
-    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides + [f"seed={seed}", "trainer.progress_bar=off"]))
+    (run / ".hydra" / "overrides.yaml").write_text(
+        yaml.safe_dump(overrides + [f"seed={seed}", "trainer.progress_bar=off"])
+    )
     all_choices = {"model": "cct2", "data": "fake", "seqpool": "x"} | (choices or {})
     all_choices |= {k: v for k, v in (o.split("=", 1) for o in overrides) if "." not in k}
     (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": all_choices}}}))
@@ -137,19 +147,36 @@ def test_worse_verdict_and_loss_metric_direction(tmp_path):
     assert report.main([str(root), "--baseline", "seqpool=x", "--out", str(tmp_path / "o")]) == 0
     assert read_csv(tmp_path / "o" / "report.csv")["seqpool=softmax"]["verdict_best"] == "worse"
     # a loss goes down: the lower group is the better one, and "best" is its minimum
-    assert report.main([str(root), "--baseline", "seqpool=x", "--metric", "train/loss", "--out", str(tmp_path / "l")]) == 0
+    assert (
+        report.main([str(root), "--baseline", "seqpool=x", "--metric", "train/loss", "--out", str(tmp_path / "l")]) == 0
+    )
     row = read_csv(tmp_path / "l" / "report.csv")["seqpool=x"]
     assert float(row["best_mean"]) == pytest.approx(LOSS[0])
 
 
 def test_partial_sweep_lists_unfinished_jobs(sweep, tmp_path):
-    make_run(sweep, ["data=fake", "seqpool=x"], 7, [50.0], status="failed",
-             metrics={"reason": "CheckpointError: model.pretrained=bad.pth: not a checkpoint"})
+    make_run(
+        sweep,
+        ["data=fake", "seqpool=x"],
+        7,
+        [50.0],
+        status="failed",
+        metrics={"reason": "CheckpointError: model.pretrained=bad.pth: not a checkpoint"},
+    )
     make_run(sweep, ["data=fake", "seqpool=softmax"], 8, [55.0, 60.0], status="running")
-    make_run(sweep, ["data=fake", "seqpool=softmax"], 9, [1e9], status="diverged", metrics={"reason": "non-finite loss at step 12"})
+    make_run(
+        sweep,
+        ["data=fake", "seqpool=softmax"],
+        9,
+        [1e9],
+        status="diverged",
+        metrics={"reason": "non-finite loss at step 12"},
+    )
     started = make_run(sweep, ["data=fake", "seqpool=shift"], 5, None, status="running")
     (started / "metrics.json").unlink()  # started, killed before it wrote anything
-    planned = [{"overrides": ["data=fake", "seqpool=x", f"seed={s}"], "dir": f"data=fake,seqpool=x/seed_{s}"} for s in (0, 11)]
+    planned = [
+        {"overrides": ["data=fake", "seqpool=x", f"seed={s}"], "dir": f"data=fake,seqpool=x/seed_{s}"} for s in (0, 11)
+    ]
     (sweep / "sweep.json").write_text(json.dumps({"command": "attnexp -m ...", "jobs": planned}))
 
     out = tmp_path / "out"
@@ -157,7 +184,7 @@ def test_partial_sweep_lists_unfinished_jobs(sweep, tmp_path):
     rows = read_csv(out / "report.csv")
     assert [int(rows[g]["n"]) for g in ("seqpool=x", "seqpool=softmax", "seqpool=shift")] == [3, 3, 3]
     text = (out / "report.md").read_text()
-    section = text[text.index("## Not in the statistics (5 jobs)"):]
+    section = text[text.index("## Not in the statistics (5 jobs)") :]
     for job, status, reason in [
         ("seqpool=x/seed_7", "failed", "CheckpointError: model.pretrained=bad.pth"),
         ("seqpool=softmax/seed_8", "running", ""),
@@ -182,7 +209,12 @@ def test_anchors_column_from_the_shipped_seed000_file(sweep, tmp_path):
         {"best": 88.67, "final": 88.67, "source": "later log"},
     ]
     assert {k: v[0]["best"] for k, v in shipped["published"].items()} == {
-        "x": 88.34, "softmax_dim0": 84.61, "softmax": 87.10, "softmax_x10": 85.77, "softmax_plus_x": 88.49, "x_minus_softmax": 88.20
+        "x": 88.34,
+        "softmax_dim0": 84.61,
+        "softmax": 87.10,
+        "softmax_x10": 85.77,
+        "softmax_plus_x": 88.49,
+        "x_minus_softmax": 88.20,
     }
 
 
@@ -190,7 +222,9 @@ def test_trend_against_a_numeric_choice(tmp_path):
     root = tmp_path / "grid"
     for alpha, level in [(-1.0, 60.0), (0.0, 65.0), (1.0, 70.0)]:
         for seed in range(2):
-            make_run(root, ["seqpool=shift", f"alpha.value={alpha}"], seed, [level + seed], choices={"alpha": "constant"})
+            make_run(
+                root, ["seqpool=shift", f"alpha.value={alpha}"], seed, [level + seed], choices={"alpha": "constant"}
+            )
     for seed in range(2):
         make_run(root, ["seqpool=x"], seed, [64.0 + seed])
     out = tmp_path / "out"
@@ -212,11 +246,20 @@ def test_resumed_run_keeps_the_latest_value_of_a_relogged_step(tmp_path):
 
 def test_seed003_table_in_the_seeds_column_order(tmp_path, capsys):
     root = tmp_path / "dd"
-    cells = [("vit", "cifar10", 51.0, 9.88, 1_288_330), ("cnn", "mnist", 97.05, 1.33, 1_199_882),
-             ("cnn", "cifar10", 57.78, 1.33, 1_626_442), ("hybrid", "mnist", 99.2, 10.4, 1_506_826)]
+    cells = [
+        ("vit", "cifar10", 51.0, 9.88, 1_288_330),
+        ("cnn", "mnist", 97.05, 1.33, 1_199_882),
+        ("cnn", "cifar10", 57.78, 1.33, 1_626_442),
+        ("hybrid", "mnist", 99.2, 10.4, 1_506_826),
+    ]
     for model, data, acc, ms, params in cells:
-        make_run(root, [f"model={model}", f"data={data}"], 0, [acc - 5, acc, acc - 1],
-                 metrics={"params": params, "inference_ms_per_batch": ms, "inference_batch_size": 1000})
+        make_run(
+            root,
+            [f"model={model}", f"data={data}"],
+            0,
+            [acc - 5, acc, acc - 1],
+            metrics={"params": params, "inference_ms_per_batch": ms, "inference_batch_size": 1000},
+        )
     assert report.main([str(root), "--table", "seed003", "--out", str(tmp_path / "o")]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     assert lines[0] == "| Model Type | Dataset | Max Accuracy | Average Inference Time (ms) | Parameters |"

@@ -26,7 +26,9 @@ def constructor_parameters(cls: type) -> set[str]:
 
 
 def forwards_keywords(cls: type) -> bool:
-    return cls.__init__ is not torch.nn.Module.__init__ and any(p.kind == p.VAR_KEYWORD for p in inspect.signature(cls).parameters.values())
+    return cls.__init__ is not torch.nn.Module.__init__ and any(
+        p.kind == p.VAR_KEYWORD for p in inspect.signature(cls).parameters.values()
+    )
 
 
 def expected_fields(schema: type, target: str) -> set[str]:
@@ -43,7 +45,12 @@ def yaml_nodes():
     """(group, choice, node) for every yaml of every group whose objects the job builds."""
     for group in BUILT_GROUPS:
         for choice in group_options(group):
-            body, _ = split_hydra(compose([f"{group}={choice}", "alpha=constant"] if group != "alpha" else [f"alpha={choice}"], return_hydra_config=True))
+            body, _ = split_hydra(
+                compose(
+                    [f"{group}={choice}", "alpha=constant"] if group != "alpha" else [f"alpha={choice}"],
+                    return_hydra_config=True,
+                )
+            )
             yield group, choice, body[group]
 
 
@@ -59,7 +66,9 @@ def test_every_built_yaml_rides_on_a_schema_that_matches_its_target(nodes):
         schema = OmegaConf.get_type(node)
         assert dataclasses.is_dataclass(schema), f"{group}={choice} has no schema"
         fields = {f.name for f in dataclasses.fields(schema)} - HYDRA_KEYS
-        assert fields == expected_fields(schema, node._target_), f"{group}={choice}: {schema.__name__} ≠ {node._target_}"
+        assert fields == expected_fields(schema, node._target_), (
+            f"{group}={choice}: {schema.__name__} ≠ {node._target_}"
+        )
 
 
 def test_every_schema_is_used_by_a_yaml_and_matches_its_default_target(nodes):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import check, compose, run_cli, run_dirs
 from torch import nn
 
 from attnexp import build_model
@@ -21,7 +22,6 @@ from attnexp.errors import ConfigError
 from attnexp.layers.attention import Attention
 from attnexp.layers.value_maps import Identity, Remix, TokenSoftmax
 from attnexp.models.vit import PatchEmbedding
-from conftest import check, compose, run_cli, run_dirs
 
 DATASETS = ("mnist", "cifar10", "cifar100")
 
@@ -85,6 +85,7 @@ def test_pixel_count_quirk_only_lengthens_the_positional_table():
     assert seed.pos_embedding.shape == (1, (784 // patch) ** 2 + 1, dim)
     assert explicit.pos_embedding.shape == seed.pos_embedding.shape
     assert fixed.pos_embedding.shape == (1, (28 // patch) ** 2 + 1, dim)
+
     def shapes(m):
         return {k: v.shape for k, v in m.state_dict().items() if k != "pos_embedding"}
 
@@ -177,9 +178,7 @@ def test_reattention_mixes_heads_then_normalises_over_heads():
     q, k, v = (_heads(t, heads) for t in (x @ ours.qkv.weight.T).split(heads * head_dim, dim=-1))
     maps = torch.softmax(q @ k.transpose(-1, -2) / head_dim**0.5, dim=-1)  # (B, h, N, N)
     W = ours.reattn.reattn_weights
-    mixed = torch.stack(
-        [sum(maps[:, h] * W[h, g] for h in range(heads)) for g in range(heads)], dim=1
-    )
+    mixed = torch.stack([sum(maps[:, h] * W[h, g] for h in range(heads)) for g in range(heads)], dim=1)
     mean, var = mixed.mean(1, keepdim=True), mixed.var(1, unbiased=False, keepdim=True)
     gamma, beta = ours.reattn.reattn_norm.weight, ours.reattn.reattn_norm.bias
     per_head = (slice(None), None, None)  # (h,) → (h, 1, 1)

@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from conftest import check
 
 from attnexp.errors import ConfigError
 from attnexp.layers.sigmoid import SigmoidAttention
-from conftest import check
 
 
 def reference(x: torch.Tensor, layer: SigmoidAttention, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -12,6 +12,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from conftest import TINY, compose
 from torchvision.transforms import v2
 
 import attnexp
@@ -19,9 +20,12 @@ from attnexp.data.augment import BatchAugment, TorchvisionAugment
 from attnexp.data.autoaugment import POLICIES, SIGNED, BatchAutoAugment, Draw
 from attnexp.layers.attention import Attention
 from attnexp.layers.value_maps import Identity, Remix, Shift, TokenSoftmax
-from conftest import TINY, compose
 
-TV_POLICY = {"cifar10": v2.AutoAugmentPolicy.CIFAR10, "svhn": v2.AutoAugmentPolicy.SVHN, "imagenet": v2.AutoAugmentPolicy.IMAGENET}
+TV_POLICY = {
+    "cifar10": v2.AutoAugmentPolicy.CIFAR10,
+    "svhn": v2.AutoAugmentPolicy.SVHN,
+    "imagenet": v2.AutoAugmentPolicy.IMAGENET,
+}
 
 
 def smooth_images(n: int, channels: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -63,7 +67,9 @@ def test_policy_tables_are_torchvisions(policy):
     assert [tuple(tuple(op) for op in pair) for pair in reference] == [tuple(pair) for pair in POLICIES[policy]]
 
 
-@pytest.mark.parametrize("policy,channels,n", [("cifar10", 3, 300), ("svhn", 3, 200), ("imagenet", 3, 200), ("cifar10", 1, 150)])
+@pytest.mark.parametrize(
+    "policy,channels,n", [("cifar10", 3, 300), ("svhn", 3, 200), ("imagenet", 3, 200), ("cifar10", 1, 150)]
+)
 def test_same_draws_give_torchvisions_images(policy, channels, n):
     """Replaying torchvision's own random choices through the batched policy gives its images, bit for bit."""
     images = smooth_images(n, channels, seed=1)
@@ -73,12 +79,19 @@ def test_same_draws_give_torchvisions_images(policy, channels, n):
     torch.manual_seed(123)
     draw = replay_torchvision_draws(policy, n)
     # every op of the policy really ran on some image, so each one was compared
-    ran = {POLICIES[policy][k][s][0] for k, row in zip(draw.policy.tolist(), draw.applied.tolist()) for s in (0, 1) if row[s]}
+    ran = {
+        POLICIES[policy][k][s][0]
+        for k, row in zip(draw.policy.tolist(), draw.applied.tolist())
+        for s in (0, 1)
+        if row[s]
+    }
     assert ran == {op for pair in POLICIES[policy] for op, p, _ in pair if p > 0}
     for grouping in ("index", "mask"):
         out = BatchAutoAugment(policy, fill=128, grouping=grouping).apply(images, draw)
         differing = (out != expected).flatten(1).any(1)
-        assert not differing.any(), f"{grouping}: {int(differing.sum())} of {n} images differ (first: {int(differing.nonzero()[0])})"
+        assert not differing.any(), (
+            f"{grouping}: {int(differing.sum())} of {n} images differ (first: {int(differing.nonzero()[0])})"
+        )
 
 
 def test_draw_frequencies_follow_the_policy():
@@ -110,12 +123,22 @@ def test_recipe_statistics_match_torchvisions():
 
     def stats(x: torch.Tensor) -> dict[str, torch.Tensor]:
         f = x.double().flatten(1)
-        return {"mean": f.mean(1), "std": f.std(1), "zeros": (x == 0).flatten(1).double().mean(1), "grey": (x == 128).flatten(1).double().mean(1)}
+        return {
+            "mean": f.mean(1),
+            "std": f.std(1),
+            "zeros": (x == 0).flatten(1).double().mean(1),
+            "grey": (x == 128).flatten(1).double().mean(1),
+        }
 
     a, b = stats(batched), stats(reference)
     for key in a:
         se = math.sqrt(a[key].var().item() / len(images) + b[key].var().item() / len(images))
-        assert abs(a[key].mean().item() - b[key].mean().item()) <= 5 * se, (key, a[key].mean().item(), b[key].mean().item(), se)
+        assert abs(a[key].mean().item() - b[key].mean().item()) <= 5 * se, (
+            key,
+            a[key].mean().item(),
+            b[key].mean().item(),
+            se,
+        )
     # and the augmentation did something: most images changed
     assert (batched != images).flatten(1).any(1).double().mean() > 0.9
 
@@ -130,7 +153,12 @@ def test_batched_policy_rejects_bad_input():
 # ------------------------------------------------------------------ bf16 and attention kernels
 
 ALPHA = 0.375
-VALUE_MAPS = {"softmax": Identity, "softmax_v": TokenSoftmax, "remix": lambda: Remix(ALPHA), "shift": lambda: Shift(ALPHA)}
+VALUE_MAPS = {
+    "softmax": Identity,
+    "softmax_v": TokenSoftmax,
+    "remix": lambda: Remix(ALPHA),
+    "shift": lambda: Shift(ALPHA),
+}
 
 
 def _attention_pair(attention: str):
@@ -285,7 +313,9 @@ def test_fast_path_switches():
     params = [torch.nn.Parameter(torch.zeros(3))]
     assert make_optimizer(cfg, on_gpu=True)(params).defaults["fused"] is True
     assert make_optimizer(cfg, on_gpu=False)(params).defaults["fused"] is None
-    assert make_optimizer(compose("model=cct2", "optimizer.fused=false"), on_gpu=True)(params).defaults["fused"] is False
+    assert (
+        make_optimizer(compose("model=cct2", "optimizer.fused=false"), on_gpu=True)(params).defaults["fused"] is False
+    )
 
     torch.manual_seed(0)
     model = attnexp.build_model(["model=cct2"]).eval()
@@ -328,7 +358,10 @@ def cct_forward_gflops(dim, layers, heads, mlp_ratio, conv_channels, image=32, c
 def test_bench_flop_counts_match_the_formula():
     from attnexp.bench import count_flops
 
-    for model, expected in (("cct7", cct_forward_gflops(256, 7, 4, 2.0, [256])), ("cct2", cct_forward_gflops(128, 2, 2, 1.0, [64, 128]))):
+    for model, expected in (
+        ("cct7", cct_forward_gflops(256, 7, 4, 2.0, [256])),
+        ("cct2", cct_forward_gflops(128, 2, 2, 1.0, [64, 128])),
+    ):
         counted = count_flops(model, "softmax", ["data=fake"])
         assert counted["forward_gflops"] == pytest.approx(expected, rel=1e-3), model
         # backward ≈ twice the forward, less the first conv's input gradient (the image needs none)
@@ -350,7 +383,9 @@ def test_bench_writes_its_report(tmp_path):
     assert set(entry["steps"]) == {"eager", "fast"}
     assert entry["steps"]["eager"]["speedup"] == pytest.approx(1.0)
     for r in entry["steps"].values():
-        assert r["img_per_s"] > 0 and r["tflops"] == pytest.approx(entry["flops"]["train_gflops"] * r["img_per_s"] / 1e3)
+        assert r["img_per_s"] > 0 and r["tflops"] == pytest.approx(
+            entry["flops"]["train_gflops"] * r["img_per_s"] / 1e3
+        )
         expected = 200 * (50_000 / r["img_per_s"] + 10_000 / entry["eval_img_per_s"])
         assert r["projected_200_epochs_s"] == pytest.approx(expected)
     assert entry["path"]["ratio"] > 0 and entry["path"]["steps"] == 2

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO, TINY, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from attnexp import report, sweep
 from attnexp.cli import compose
-from conftest import REPO, TINY, run_cli
 
 BASE = [o for o in TINY if not o.startswith("trainer.max_epochs")]  # tests that set the epochs themselves
 REPORT = Path(sys.executable).parent / "attnexp-report"
@@ -100,8 +100,14 @@ def test_joblib_launcher_with_dataloader_workers(tmp_path):
     # loky workers would hand DataLoader workers loky's own start method, which cannot start them
     sweep_dir = tmp_path / "sweep"
     result = multirun(
-        sweep_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "data.num_workers=1",
-        "seqpool=x,softmax", "seed=0,1", cwd=tmp_path,
+        sweep_dir,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        *TINY,
+        "data.num_workers=1",
+        "seqpool=x,softmax",
+        "seed=0,1",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "4 done, 0 skipped, 0 failed, 0 incomplete" in result.stdout
@@ -152,7 +158,9 @@ def test_resume_skips_done_jobs_and_continues_the_others_from_last_ckpt(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"[skip] {done}: done" in result.stdout
     assert f"[resume] {unfinished} from {unfinished / 'checkpoints' / 'last.ckpt'}" in result.stdout
-    assert [line.split(" Top-1")[0] for line in result.stdout.splitlines() if line.startswith("[Epoch")] == ["[Epoch 2]"]
+    assert [line.split(" Top-1")[0] for line in result.stdout.splitlines() if line.startswith("[Epoch")] == [
+        "[Epoch 2]"
+    ]
     assert "1 done, 1 skipped, 0 failed, 0 incomplete (of 2 jobs)" in result.stdout
     assert (done / "metrics.json").read_text() == before and not (done / "tb").exists()
     resumed = json.loads((unfinished / "metrics.json").read_text())
@@ -218,14 +226,21 @@ def test_launcher_configs_compose(monkeypatch):
     monkeypatch.setenv("ATTNEXP_SLURM_PARTITION", "gpu-long")
     monkeypatch.setenv("ATTNEXP_SLURM_GPUS_PER_NODE", "4")
     monkeypatch.setenv("ATTNEXP_SLURM_ARRAY_PARALLELISM", "6")
-    cfg = compose(["hydra/launcher=slurm", "hydra.sweep.dir=/scratch/s", "hydra.launcher.timeout_min=30"], return_hydra_config=True)
+    cfg = compose(
+        ["hydra/launcher=slurm", "hydra.sweep.dir=/scratch/s", "hydra.launcher.timeout_min=30"],
+        return_hydra_config=True,
+    )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.gpus_per_node, launcher.array_parallelism) == ("gpu-long", 4, 6)
     assert launcher.timeout_min == 30 and launcher.max_num_timeout > 0  # requeue on time-out: jobs resume
     assert launcher.submitit_folder == "/scratch/s/.submitit/%j"
     assert launcher.account is None  # unset in the environment: sbatch's default
-    for name, target in [("submitit_local", "LocalLauncher"), ("submitit_slurm", "SlurmLauncher"), ("joblib", "JoblibLauncher")]:
+    for name, target in [
+        ("submitit_local", "LocalLauncher"),
+        ("submitit_slurm", "SlurmLauncher"),
+        ("joblib", "JoblibLauncher"),
+    ]:
         assert compose([f"hydra/launcher={name}"], return_hydra_config=True).hydra.launcher._target_.endswith(target)
     assert "attnexp.sweep.SweepSummary" in str(compose([], return_hydra_config=True).hydra.callbacks)
 

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from formulas import SEQPOOL_FORMULAS, VALUE_FORMULAS, attention_formula, softmax_by_hand
 
 import attnexp
 from attnexp.layers.attention import Attention
 from attnexp.schedules import ConstantAlpha, CosineAlpha, LinearAlpha, StepAlpha
-from formulas import SEQPOOL_FORMULAS, VALUE_FORMULAS, attention_formula, softmax_by_hand
 
 ALPHA = 0.375  # exact in float32 (the α buffer is float32 until .double())
 ATTENTIONS = ["softmax", "softmax_v", "remix", "shift"]
@@ -25,7 +25,12 @@ def test_attention_choice_matches_formula(attention):
     attn = build(f"attention={attention}").classifier.blocks[0].self_attn  # 4 heads
     x = torch.randn(2, 17, 256, dtype=torch.float64)
     expected = attention_formula(
-        x, attn.qkv.weight, attn.proj.weight, attn.proj.bias, heads=4, value=lambda v: VALUE_FORMULAS[attention](v, ALPHA)
+        x,
+        attn.qkv.weight,
+        attn.proj.weight,
+        attn.proj.bias,
+        heads=4,
+        value=lambda v: VALUE_FORMULAS[attention](v, ALPHA),
     )
     torch.testing.assert_close(attn(x), expected, atol=1e-10, rtol=0)
 
@@ -70,7 +75,12 @@ def test_remix_and_shift_limits():
 def test_sdpa_and_explicit_paths_agree(attention):
     from attnexp.layers import value_maps
 
-    maps = {"softmax": value_maps.Identity(), "softmax_v": value_maps.TokenSoftmax(), "remix": value_maps.Remix(ALPHA), "shift": value_maps.Shift(-1.5)}
+    maps = {
+        "softmax": value_maps.Identity(),
+        "softmax_v": value_maps.TokenSoftmax(),
+        "remix": value_maps.Remix(ALPHA),
+        "shift": value_maps.Shift(-1.5),
+    }
     torch.manual_seed(1)
     fused = Attention(64, num_heads=4, impl="sdpa", value_map=maps[attention]).eval()
     explicit = Attention(64, num_heads=4, impl="explicit", value_map=maps[attention]).eval()
@@ -118,11 +128,20 @@ def test_linear_and_cosine_schedules_in_epochs_and_steps():
 
 
 def test_alpha_reaches_the_maps_each_step_and_is_logged(tmp_path):
-    from attnexp.run import run_job
     from conftest import compose
 
-    cfg = compose("debug=tiny", "model=cct2", "attention=remix", "alpha=linear", "alpha.unit=step",
-                  "alpha.ramp_begin=0", "alpha.ramp_end=4", "trainer.limit_train_batches=3")
+    from attnexp.run import run_job
+
+    cfg = compose(
+        "debug=tiny",
+        "model=cct2",
+        "attention=remix",
+        "alpha=linear",
+        "alpha.unit=step",
+        "alpha.ramp_begin=0",
+        "alpha.ramp_end=4",
+        "trainer.limit_train_batches=3",
+    )
     metrics = run_job(cfg, str(tmp_path))
     assert metrics["status"] == "done"
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
@@ -136,12 +155,20 @@ def test_alpha_reaches_the_maps_each_step_and_is_logged(tmp_path):
 
 def test_alpha_continues_where_it_was_after_resume(tmp_path):
     """Stop after epoch 1, resume to epoch 2: α keeps following the schedule, not restarting."""
+    from conftest import compose
     from tbparse import SummaryReader
 
     from attnexp.run import run_job
-    from conftest import compose
 
-    common = ("debug=tiny", "model=cct2", "seqpool=remix", "alpha=linear", "alpha.unit=step", "alpha.ramp_begin=0", "alpha.ramp_end=4")
+    common = (
+        "debug=tiny",
+        "model=cct2",
+        "seqpool=remix",
+        "alpha=linear",
+        "alpha.unit=step",
+        "alpha.ramp_begin=0",
+        "alpha.ramp_end=4",
+    )
     assert run_job(compose(*common, "trainer.max_epochs=1"), str(tmp_path))["status"] == "done"
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=False)["alpha"] == pytest.approx(0.25)

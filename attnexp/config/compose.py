@@ -50,7 +50,11 @@ def group_options(group: str) -> list[str]:
 def groups() -> list[str]:
     """The user-facing config groups (folders of conf/), hydra's own left out."""
     root = files(CONFIG_MODULE)
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__") and group_options(p.name))
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and p.name not in ("hydra", "__pycache__") and group_options(p.name)
+    )
 
 
 def _expected(schema: Any, key: Any) -> str:
@@ -84,7 +88,9 @@ def config_error(exc: Exception) -> ConfigError:
         return ConfigError(cause.missing_cfg_file, ..., "no such config group or file")
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key:
         return ConfigError(
-            cause.full_key, ..., f"unknown key{_known_keys(cause.object_type)}; add ++{cause.full_key}=VALUE only on purpose"
+            cause.full_key,
+            ...,
+            f"unknown key{_known_keys(cause.object_type)}; add ++{cause.full_key}=VALUE only on purpose",
         )
     if isinstance(cause, ValidationError) and cause.full_key:
         return ConfigError(cause.full_key, cause.value, _expected(cause.object_type, cause.key))

@@ -93,7 +93,9 @@ def _seqpool_needs_seqpool_model(cfg, choices):
     if not choice or choice == "x" or not isinstance(model, DictConfig):
         return
     if "seqpool_value" not in model:
-        raise ConfigError("seqpool", choice, f"model={choices.get('model')} has no SeqPool (choose a cct* or cvt* model)")
+        raise ConfigError(
+            "seqpool", choice, f"model={choices.get('model')} has no SeqPool (choose a cct* or cvt* model)"
+        )
     if model.get("pooling") == "cls":
         raise ConfigError("seqpool", choice, "model.pooling=cls has no SeqPool")
 
@@ -103,7 +105,9 @@ def _attention_needs_attention_model(cfg, choices):
     choice, model = choices.get("attention"), cfg.get("model")
     if choice and choice != "softmax" and isinstance(model, DictConfig) and "attn_layer" not in model:
         raise ConfigError(
-            "attention", choice, f"model={choices.get('model')} has no attention (choose e.g. vit, deepvit, hybrid, cct2)"
+            "attention",
+            choice,
+            f"model={choices.get('model')} has no attention (choose e.g. vit, deepvit, hybrid, cct2)",
         )
 
 

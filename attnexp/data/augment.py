@@ -35,8 +35,8 @@ def random_crop(images: torch.Tensor, padding: int, g: torch.Generator) -> torch
     padded = F.pad(images, (padding,) * 4)
     dy = torch.randint(0, 2 * padding + 1, (B,), generator=g, device=g.device).to(images.device)
     dx = torch.randint(0, 2 * padding + 1, (B,), generator=g, device=g.device).to(images.device)
-    rows = (dy[:, None] + torch.arange(H, device=images.device)[None, :])  # (B, H)
-    cols = (dx[:, None] + torch.arange(W, device=images.device)[None, :])  # (B, W)
+    rows = dy[:, None] + torch.arange(H, device=images.device)[None, :]  # (B, H)
+    cols = dx[:, None] + torch.arange(W, device=images.device)[None, :]  # (B, W)
     batch = torch.arange(B, device=images.device)[:, None, None]
     # advanced indexing over (B, H, W) with channels kept: → (B, H, W, C)
     out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
@@ -112,7 +112,11 @@ def _autoaugment(name: str | None):
         return PILOfficialPolicy()
     from torchvision.transforms import v2
 
-    policies = {"cifar10": v2.AutoAugmentPolicy.CIFAR10, "imagenet": v2.AutoAugmentPolicy.IMAGENET, "svhn": v2.AutoAugmentPolicy.SVHN}
+    policies = {
+        "cifar10": v2.AutoAugmentPolicy.CIFAR10,
+        "imagenet": v2.AutoAugmentPolicy.IMAGENET,
+        "svhn": v2.AutoAugmentPolicy.SVHN,
+    }
     # fill 128: the official CIFAR10Policy fills with gray (128, 128, 128)
     return v2.AutoAugment(policies[name], fill=128)
 

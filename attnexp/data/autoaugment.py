@@ -142,7 +142,9 @@ def magnitude_levels(op: str, height: int, width: int) -> torch.Tensor | None:
 
 
 # ops whose magnitude gets a random sign (probability 1/2)
-SIGNED = frozenset({"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast", "Sharpness"})
+SIGNED = frozenset(
+    {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast", "Sharpness"}
+)
 
 
 # ------------------------------------------------------------------ geometric ops: inverse affine matrices
@@ -384,7 +386,10 @@ class BatchAutoAugment:
         key = (height, width)
         if key not in self._magnitudes:
             table = [
-                [float(levels[b]) if (levels := magnitude_levels(op, height, width)) is not None else 0.0 for op, _, b in sub]
+                [
+                    float(levels[b]) if (levels := magnitude_levels(op, height, width)) is not None else 0.0
+                    for op, _, b in sub
+                ]
                 for sub in self.subpolicies
             ]
             self._magnitudes[key] = torch.tensor(table, dtype=torch.float64)
@@ -403,7 +408,9 @@ class BatchAutoAugment:
 
     def apply(self, images: torch.Tensor, draw: Draw) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise TypeError(f"BatchAutoAugment takes uint8 (B, C, H, W) batches, got {images.dtype} {tuple(images.shape)}")
+            raise TypeError(
+                f"BatchAutoAugment takes uint8 (B, C, H, W) batches, got {images.dtype} {tuple(images.shape)}"
+            )
         device = images.device
         draw = draw.to(device)
         H, W = images.shape[-2:]
@@ -422,7 +429,10 @@ class BatchAutoAugment:
         if key not in self._on_device:
             geometric = torch.tensor([OP_NAMES.index(op) for op in AFFINE_OPS], device=device)
             self._on_device[key] = (
-                self.op_index.to(device), self.signed.to(device), self.magnitudes(height, width).to(device), geometric
+                self.op_index.to(device),
+                self.signed.to(device),
+                self.magnitudes(height, width).to(device),
+                geometric,
             )
         return self._on_device[key]
 

@@ -45,7 +45,12 @@ LAYOUTS: dict[str, Layout] = {
     ),
     "mnist": Layout(
         os.path.join("MNIST", "raw"),
-        {"train-images-idx3-ubyte": 0, "train-labels-idx1-ubyte": 0, "t10k-images-idx3-ubyte": 0, "t10k-labels-idx1-ubyte": 0},
+        {
+            "train-images-idx3-ubyte": 0,
+            "train-labels-idx1-ubyte": 0,
+            "t10k-images-idx3-ubyte": 0,
+            "t10k-labels-idx1-ubyte": 0,
+        },
         ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"),
         "put the four gunzipped IDX files from the MNIST site there",
     ),
@@ -65,7 +70,9 @@ def idx_dims(path: str) -> tuple[int, ...]:
     with open(path, "rb") as f:
         head = f.read(4)
         if len(head) < 4 or head[0] or head[1] or head[2] != IDX_UBYTE or not 1 <= head[3] <= 4:
-            raise DataCorruptError(f"{os.path.basename(path)}: not an IDX file of unsigned bytes (header {head.hex() or 'empty'})")
+            raise DataCorruptError(
+                f"{os.path.basename(path)}: not an IDX file of unsigned bytes (header {head.hex() or 'empty'})"
+            )
         raw = f.read(4 * head[3])
     if len(raw) < 4 * head[3]:
         raise DataCorruptError(f"{os.path.basename(path)}: truncated inside its header")
@@ -73,7 +80,9 @@ def idx_dims(path: str) -> tuple[int, ...]:
     expected, size = 4 + len(raw) + prod(dims), os.path.getsize(path)
     if size != expected:
         what = "truncated" if size < expected else "longer than its header says"
-        raise DataCorruptError(f"{os.path.basename(path)}: {what} ({size:,} bytes; the header {dims} needs {expected:,})")
+        raise DataCorruptError(
+            f"{os.path.basename(path)}: {what} ({size:,} bytes; the header {dims} needs {expected:,})"
+        )
     return dims
 
 

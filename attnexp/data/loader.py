@@ -109,7 +109,9 @@ class TensorLoader:
             images = self.augment(images, g)
         x = (images.float() - self.mean) / self.std
         if self.image_size and x.shape[-1] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True
+            )
         return x, labels
 
     def __iter__(self):

@@ -374,7 +374,9 @@ class OfficialCIFAR10Policy:
 
     def apply(self, images: torch.Tensor, draw: Draw) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise TypeError(f"OfficialCIFAR10Policy takes uint8 (B, 1 or 3, H, W) batches, got {images.dtype} {tuple(images.shape)}")
+            raise TypeError(
+                f"OfficialCIFAR10Policy takes uint8 (B, 1 or 3, H, W) batches, got {images.dtype} {tuple(images.shape)}"
+            )
         device = images.device
         draw = draw.to(device)
         H, W = images.shape[-2:]

@@ -66,7 +66,9 @@ class Attention(AttentionLayer):
         super().__init__()
         require(impl in IMPLS, "impl", impl, f"one of {', '.join(IMPLS)}")
         name = type(self).__name__
-        require(impl != "sdpa" or self.has_fused_kernel, "impl", impl, f"{name} has no fused kernel: use auto or explicit")
+        require(
+            impl != "sdpa" or self.has_fused_kernel, "impl", impl, f"{name} has no fused kernel: use auto or explicit"
+        )
         require(num_heads >= 1, "num_heads", num_heads, "must be ≥ 1")
         require(bool(head_dim) or dim % num_heads == 0, "num_heads", num_heads, f"must divide the width {dim}")
         require(head_dim is None or head_dim >= 1, "head_dim", head_dim, "must be ≥ 1")
@@ -85,7 +87,12 @@ class Attention(AttentionLayer):
         self.value_map = value_map if value_map is not None else Identity()
         self.reattn = ReAttention(num_heads) if reattention else None
         self.fused = impl == "sdpa" or (impl == "auto" and not reattention and self.has_fused_kernel)
-        require(not (self.fused and reattention), "impl", impl, "re-attention (DeepViT) needs the explicit maps: use auto or explicit")
+        require(
+            not (self.fused and reattention),
+            "impl",
+            impl,
+            "re-attention (DeepViT) needs the explicit maps: use auto or explicit",
+        )
         # set to a dict by the attention_stats callback to collect V / map statistics
         self.stats: dict | None = None
 

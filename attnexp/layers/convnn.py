@@ -141,7 +141,12 @@ class ConvNNMixer(nn.Module):
         super().__init__()
         projected = PROJECTIONS[projection]
         v_channels, sim_heads = HEAD_LAYOUTS[head_layout]
-        require(head_layout == "split" or "v" in projected, "head_layout", head_layout, "narrows V's projection: needs projection=kqv or v")
+        require(
+            head_layout == "split" or "v" in projected,
+            "head_layout",
+            head_layout,
+            "narrows V's projection: needs projection=kqv or v",
+        )
         require(sampling == "all" or (samples or 0) >= 1, "samples", samples, f"sampling={sampling} needs samples ≥ 1")
         require(K >= 1, "K", K, "must be ≥ 1")
         require(temperature > 0, "temperature", temperature, "must be > 0")
@@ -156,7 +161,11 @@ class ConvNNMixer(nn.Module):
         self.v = nn.Linear(dim, v_width, bias=qkv_bias) if "v" in projected else nn.Identity()
         self.score = SIMILARITIES[similarity]
         self.self_score = SELF_SCORE[similarity]
-        self.softmax_similarity, self.topk_softmax, self.topk_normalize = softmax_similarity, topk_softmax, topk_normalize
+        self.softmax_similarity, self.topk_softmax, self.topk_normalize = (
+            softmax_similarity,
+            topk_softmax,
+            topk_normalize,
+        )
         self.temperature = temperature
         self.sampling, self.samples = sampling, samples
         self.prime = PRIME_CONVS[prime_conv](v_width // self.heads, width // self.heads, K)
@@ -229,7 +238,12 @@ class SoftmaxHeads(nn.Module):
 
     def __init__(self, dim: int, width: int, num_heads: int, K: int, qkv_bias: bool, attn_drop: float):
         super().__init__()
-        require(width % num_heads == 0, "num_heads", num_heads, f"the attention branch's width {width} does not split into {num_heads} heads")
+        require(
+            width % num_heads == 0,
+            "num_heads",
+            num_heads,
+            f"the attention branch's width {width} does not split into {num_heads} heads",
+        )
         self.num_heads = num_heads
         self.q = nn.Linear(dim, width, bias=qkv_bias)
         self.k = nn.Linear(dim, width, bias=qkv_bias)
@@ -303,7 +317,11 @@ class ConvNNAttention(AttentionLayer):
                 prime_conv, prime_dropout, head_layout,
             )  # fmt: skip
         other = BRANCHES[branch]
-        self.branch = other(dim, inner - convnn_width, num_heads, K, qkv_bias, attn_drop) if other and inner > convnn_width else None
+        self.branch = (
+            other(dim, inner - convnn_width, num_heads, K, qkv_bias, attn_drop)
+            if other and inner > convnn_width
+            else None
+        )
         self.proj = nn.Linear(inner, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 

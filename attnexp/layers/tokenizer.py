@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
@@ -93,5 +92,3 @@ def make_positional_embedding(kind: str, num_tokens: int, dim: int) -> nn.Parame
 def conv_stride_padding(kernel_size: int) -> tuple[int, int]:
     """The official CCT rule: stride max(1, k//2 − 1), padding max(1, k//2)."""
     return max(1, kernel_size // 2 - 1), max(1, kernel_size // 2)
-
-

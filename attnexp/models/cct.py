@@ -58,7 +58,12 @@ class TransformerClassifier(nn.Module):
     ):
         super().__init__()
         require(pooling in POOLINGS, "pooling", pooling, f"one of {', '.join(POOLINGS)}")
-        for name, value in (("dim", dim), ("num_layers", num_layers), ("num_heads", num_heads), ("num_classes", num_classes)):
+        for name, value in (
+            ("dim", dim),
+            ("num_layers", num_layers),
+            ("num_heads", num_heads),
+            ("num_classes", num_classes),
+        ):
             require(value >= 1, name, value, "must be ≥ 1")
         require(mlp_ratio > 0, "mlp_ratio", mlp_ratio, "must be > 0")
         for name, rate in (("dropout", dropout), ("attn_drop", attn_drop), ("drop_path", drop_path)):
@@ -73,7 +78,9 @@ class TransformerClassifier(nn.Module):
         self.positional_emb = make_positional_embedding(positional_embedding, num_tokens, dim)
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(dim, num_heads, int(dim * mlp_ratio), attn, dropout, attn_drop, rate, layout, qkv_bias=qkv_bias)
+            TransformerBlock(
+                dim, num_heads, int(dim * mlp_ratio), attn, dropout, attn_drop, rate, layout, qkv_bias=qkv_bias
+            )
             for attn, rate in zip(attention_per_block(attn_layer, num_layers), drop_path_rates(num_layers, drop_path))
         )
         self.norm = nn.LayerNorm(dim)

@@ -49,7 +49,9 @@ class CNN(nn.Module):
         hidden_dropout: float = 0.5,
     ):
         super().__init__()
-        require(ConvStem.output_side(image_size) >= 1, "image_size", image_size, "the conv stem needs at least 6 pixels")
+        require(
+            ConvStem.output_side(image_size) >= 1, "image_size", image_size, "the conv stem needs at least 6 pixels"
+        )
         require(hidden_dim >= 1, "hidden_dim", hidden_dim, "must be ≥ 1")
         require_rate("feature_dropout", feature_dropout)
         require_rate("hidden_dropout", hidden_dropout)

@@ -112,7 +112,9 @@ class ViT(nn.Module):
         # reattention is passed only when on: attention classes without that keyword still plug in
         factories = attention_per_block(attn_layer, num_layers, **({"reattention": True} if reattention else {}))
         self.blocks = nn.ModuleList(
-            TransformerBlock(dim, num_heads, int(dim * mlp_ratio), attn, dropout, attn_drop, layout="pre", head_dim=head_dim)
+            TransformerBlock(
+                dim, num_heads, int(dim * mlp_ratio), attn, dropout, attn_drop, layout="pre", head_dim=head_dim
+            )
             for attn in factories
         )
         self.norm = nn.LayerNorm(dim)
@@ -137,9 +139,7 @@ class Hybrid(nn.Module):
     Every keyword besides num_classes, in_channels and image_size goes to the ViT.
     """
 
-    def __init__(
-        self, num_classes: int, in_channels: int = 1, image_size: int = 28, **vit_options
-    ):
+    def __init__(self, num_classes: int, in_channels: int = 1, image_size: int = 28, **vit_options):
         super().__init__()
         side = ConvStem.output_side(image_size)
         require(side >= 1, "image_size", image_size, "the conv stem needs at least 6 pixels")
