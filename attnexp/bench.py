@@ -581,9 +581,9 @@ def run(argv=None) -> dict:
     variants = args.variants.split(",") if args.variants else [v for v in VARIANTS if not (gpu and v == "bf16")]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        from attnexp.errors import ConfigError
+        from attnexp.errors import StartupError
 
-        raise ConfigError("--variants", ",".join(unknown), f"one of {', '.join(VARIANTS)}")
+        raise StartupError(f"--variants {','.join(unknown)}: one of {', '.join(VARIANTS)}")
     models, attentions = args.models.split(","), args.attention.split(",")
     data_overrides = ["data=fake"]  # CIFAR-10's shapes and classes, synthetic pixels: no dataset needed
     peak = peak_tflops(torch.cuda.get_device_name(device)) if gpu else None

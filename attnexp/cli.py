@@ -1,9 +1,10 @@
 """The `attnexp` console script.
 
-Composes and validates the config itself before handing over to Hydra, so a bad
-override ends with one line (`attnexp: error: key=value: what is allowed`),
-exit code 2, no traceback and no run directory — and without importing torch.
-Then it names the run (or sweep) folder and lets Hydra run the job(s).
+Composes and checks the job before handing over to Hydra, so a bad override ends
+with one line (`attnexp: error: key=value: reason`), exit code 2, no traceback
+and no run directory: types, unknown keys and choices without importing torch
+(the schemas), values by building every object on the meta device (the
+preflight). Then it names the run (or sweep) folder and lets Hydra run the job(s).
 """
 
 from __future__ import annotations
@@ -133,19 +134,31 @@ def resume_overrides(ckpt_path: str) -> tuple[str, list[str]]:
 
 
 def plan_folders(overrides: list[str], multirun: bool) -> list[str]:
-    """Add hydra.run.dir / hydra.sweep.dir unless given, and the original overrides when resuming."""
+    """A checkpoint's run lends its own overrides (the command's win): resuming continues in its
+    folder; evaluating scores it on the data it was trained with, in a folder of its own."""
     ckpt = next((o.split("=", 1)[1] for o in overrides if _has([o], "ckpt_path")), None)
     mode = next((o.split("=", 1)[1] for o in overrides if _has([o], "mode")), "train")
-    if not multirun and ckpt and mode == "train" and ckpt != "null":
-        run_dir, original = resume_overrides(ckpt)
-        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-        keep = [o for o in original if not _has(overrides, o.lstrip("+~").split("=", 1)[0])]
-        return keep + overrides + [f"hydra.run.dir={run_dir}", f"hydra.output_subdir=.hydra/resume_{stamp}"]
-    return overrides
+    if multirun or not ckpt or ckpt == "null" or mode not in ("train", "eval"):
+        return overrides
+    run_dir, original = resume_overrides(ckpt)
+    keep = [o for o in original if not _has(overrides, o.lstrip("+~").split("=", 1)[0])]
+    if mode == "eval":
+        return keep + overrides
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    return keep + overrides + [f"hydra.run.dir={run_dir}", f"hydra.output_subdir=.hydra/resume_{stamp}"]
+
+
+def swept_keys(overrides: list[str], cfg: DictConfig) -> list[str]:
+    """The keys a sweep varies: its comma/range overrides, then a preset's hydra.sweeper.params."""
+    keys = [o.get_key_element() for o in parse_overrides(overrides) if o.is_sweep_override()]
+    preset = cfg.hydra.sweeper.get("params") or {}
+    return keys + [k for k in preset if k not in keys]
 
 
 def name_folders(overrides: list[str], cfg: DictConfig, multirun: bool) -> list[str]:
     choices = cfg.hydra.runtime.choices
+    if multirun:  # every job records what the sweep varies (its HParams show those first)
+        overrides = overrides + [f"sweep.swept=[{','.join(swept_keys(overrides, cfg))}]"]
     if multirun and not _has(overrides, "hydra.sweep.dir"):
         name = choices.get("experiment") or "sweep"
         return overrides + [f"hydra.sweep.dir={sweep_dir('multirun', name)}"]

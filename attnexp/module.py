@@ -119,6 +119,7 @@ class ClassifierModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.epoch_rates = EpochRates(scheduler) if scheduler is not None else None
         self.base_lrs: list[float] = []  # each param group's rate from the config
+        self._lr_logged_epoch: int | None = None
         self.label_smoothing = label_smoothing
         self.alpha_schedule = alpha
         self.alpha_maps = scheduled_maps(model)
@@ -154,12 +155,15 @@ class ClassifierModule(pl.LightningModule):
             self.log("alpha", self.alpha_value, on_step=True, on_epoch=False)
 
     def set_lr(self, epoch: int) -> None:
-        """This step's rate, from the config alone; logged as the rate the step trains with."""
+        """This step's rate, from the config alone. It is constant within an epoch, so it is logged
+        once per epoch, at the epoch's first step, with the value every step of the epoch trains with."""
         optimizer = self.optimizers()
         factor = self.epoch_rates(epoch) if self.epoch_rates is not None else 1.0
         for group, base in zip(optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
-        self.log("lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+        if self._lr_logged_epoch != epoch and self.logger is not None:
+            self.logger.log_metrics({"lr": optimizer.param_groups[0]["lr"]}, step=self.global_step)
+            self._lr_logged_epoch = epoch
 
     # ------------------------------------------------------------ steps
     def _shared_step(self, batch, stage: str) -> torch.Tensor:

@@ -3,12 +3,15 @@
 After composition (types, keys, choices: torch-free) the preflight builds every
 object the job will use — the datamodule and its files' geometry, the α
 schedule, the model on the meta device and one forward of a meta batch of the
-data's shape (that is where token-count rules such as ConvNN's K live), the optimizer and lr scheduler — and checks the few rules that
-tie two objects together. Any problem is one `StartupError`; nothing touches
-the disk and no real tensor is allocated for the model.
+data's shape (that is where token-count rules such as ConvNN's K live), the
+optimizer and lr scheduler — and checks the rules that tie two of them
+together. Any problem is one `StartupError`; nothing is written and no real
+tensor is allocated for the model.
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 from hydra.utils import instantiate
@@ -17,6 +20,7 @@ from torch import nn
 
 from attnexp.blame import blamed
 from attnexp.build import build_alpha, build_backbone, build_data
+from attnexp.data.files import DataMissingError
 from attnexp.errors import ConfigError
 from attnexp.layers.contract import AttentionLayer
 from attnexp.layers.value_maps import scheduled_maps
@@ -72,12 +76,28 @@ def check_optimization(cfg: DictConfig) -> None:
             instantiate(cfg.scheduler)(optimizer)
 
 
+_warned: set[str] = set()
+
+
+def check_data(cfg: DictConfig) -> None:
+    """The datamodule and its files. A dry run plans without the dataset: a missing or broken
+    file is then a warning (once per message), not an error."""
+    datamodule = build_data(cfg)
+    try:
+        with blamed("data", cfg.data):
+            datamodule.check()
+    except DataMissingError as e:
+        if not cfg.sweep.dry_run:
+            raise
+        if str(e) not in _warned:
+            _warned.add(str(e))
+            print(f"attnexp: warning: {e} (the dry run plans anyway)", file=sys.stderr)
+
+
 def build_job(cfg: DictConfig) -> None:
     """Build what the job will use; raise StartupError for the first problem."""
     if cfg.mode in ("train", "eval"):
-        datamodule = build_data(cfg)
-        with blamed("data", cfg.data):
-            datamodule.check()
+        check_data(cfg)
     schedule = build_alpha(cfg)
     with torch.device("meta"):
         model = build_backbone(cfg)

@@ -168,15 +168,33 @@ def _choices() -> dict:
         return {}
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
+def _task_overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # not inside a Hydra job
+        return []
+
+
+def run_hparams(choices: dict, overrides: list[str], swept: list[str]) -> dict:
+    """What tells this run apart, for TensorBoard's HParams table: first what its sweep varies,
+    then the rest the command set (group choices and knobs, as typed), then the other group
+    choices; no bookkeeping keys (data.root, threads, the seed...), no _target_ / _partial_."""
+    from attnexp.config.compose import is_bookkeeping
+
+    def column(key: str) -> str:
+        return key if "." in key else f"choice/{key}"
+
+    given = dict(o.lstrip("+~").partition("=")[::2] for o in overrides)
+    hparams = {column(k): given[k] for k in swept if k in given and not is_bookkeeping(k)}
+    for key, value in given.items():
+        if not is_bookkeeping(key):
+            hparams.setdefault(column(key), value)
+    for group, choice in choices.items():
+        if not is_bookkeeping(group):
+            hparams.setdefault(f"choice/{group}", str(choice))
+    return hparams
 
 
 # ---------------------------------------------------------------- modes
@@ -240,9 +258,7 @@ def train(cfg: DictConfig, run_dir: str) -> dict:
         final = history[-1]["val_acc1"] if history else None
         if trainer.is_global_zero and best is not None:
             logger.log_hyperparams(
-                # the choices first: they are what the HParams tab compares runs by
-                {f"choice/{k}": str(v) for k, v in (choices or resumed.get("choices", {})).items()}
-                | _flat({k: run_config[k] for k in run_config if k != "hydra"})
+                run_hparams(choices or resumed.get("choices", {}), _task_overrides(), list(cfg.sweep.swept))
                 | {"params": params, "threads": torch.get_num_threads()},
                 {"hp/best_acc1": best, "hp/final_acc1": final},
             )

@@ -114,9 +114,10 @@ def test_a_run_leaves_config_events_checkpoints_and_metrics(workdir):
     hp = scalars[scalars.tag == "hp/best_acc1"]["value"].tolist()
     assert hp == pytest.approx([m["best_acc1"]])
 
-    # the checkpoint carries its config: eval and load_run rebuild the model from it alone
+    # the checkpoint carries its config: eval (its data too: data=fake is not repeated) and
+    # load_run rebuild the model from it alone
     ckpt = run_dir / "checkpoints" / "best.ckpt"
-    ev = run_cli(*TINY, "mode=eval", f"ckpt_path={ckpt}", cwd=workdir)
+    ev = run_cli("mode=eval", f"ckpt_path={ckpt}", cwd=workdir)
     assert ev.returncode == 0, ev.stderr[-2000:]
     eval_dir = [d for d in run_dirs(workdir / "outputs") if d != run_dir][0]
     evm = json.loads((eval_dir / "metrics.json").read_text())

@@ -281,3 +281,35 @@ def test_one_bookkeeping_list_names_the_job_folders_and_groups_the_report(tmp_pa
     for job, _ in jobs:
         assert report.group_key(job.overrides) == (("debug", "tiny"), ("seqpool", job.dir.split("seqpool=")[1][:-7]))
     assert {"data.root", "trainer.num_threads", "seed"} <= set(BOOKKEEPING_KEYS)
+
+
+def hparam_columns(run_dir: Path) -> list[str]:
+    """The HParams table's columns of a run, in order, from its event file."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/experiment"]
+    return [info.name for info in HParamsPluginData.FromString(content).experiment.hparam_infos]
+
+
+def test_the_hparams_of_a_sweep_show_its_swept_choices_first(basic_sweep):
+    sweep_dir, result = basic_sweep
+    assert result.returncode == 0, result.stderr[-3000:]
+    for run in sorted(sweep_dir.glob("*/seed_*")):
+        columns = hparam_columns(run)
+        assert columns[0] == "choice/seqpool", columns  # what the sweep varies comes first
+        assert not any(c.endswith(("_target_", "_partial_")) or c in ("seed", "data.root") for c in columns), columns
+        assert {"choice/model", "choice/attention", "params", "threads"} <= set(columns)
+
+
+def test_a_dry_run_plans_on_a_machine_without_the_dataset(tmp_path, monkeypatch, capsys):
+    from attnexp.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    main(["-m", "model=cct2", "seqpool=x,softmax", "data.root=nowhere", "sweep.dry_run=true"])
+    out = capsys.readouterr()
+    assert "(2 jobs; nothing is run or written)" in out.out and "est. time" in out.out
+    warning = [line for line in out.err.splitlines() if line.startswith("attnexp: warning:")]
+    assert len(warning) == 1 and "cifar-10-batches-py" in warning[0]  # said once, not per job
+    assert not (tmp_path / "multirun").exists()

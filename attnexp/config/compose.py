@@ -25,7 +25,7 @@ CONFIG_MODULE = "attnexp.conf"
 # (hydra.job.config.override_dirname.exclude_keys reads it) and attnexp-report's grouping.
 BOOKKEEPING_KEYS = (
     "seed", "ckpt_path", "experiment", "data.root", "data.num_workers", "data.download",
-    "trainer.num_threads", "trainer.progress_bar", "sweep.resume", "sweep.dry_run",
+    "trainer.num_threads", "trainer.progress_bar", "sweep.resume", "sweep.dry_run", "sweep.swept",
 )  # fmt: skip
 BOOKKEEPING_PREFIXES = ("hydra.", "hydra/", "sweep.")
 

@@ -286,6 +286,7 @@ class TrainerSchema:
 class SweepSchema:
     resume: bool = False
     dry_run: bool = False
+    swept: List[str] = field(default_factory=list)  # set by the CLI: the keys this sweep varies
 
 
 @dataclass

@@ -47,13 +47,8 @@ class ImageDataModule(pl.LightningDataModule):
         super().__init__()
         require(name in SOURCES, "name", name, f"one of {', '.join(SOURCES)}")
         require(loader in LOADERS, "loader", loader, f"one of {', '.join(LOADERS)}")
-        for arg, value in (
-            ("batch_size", batch_size),
-            ("eval_batch_size", eval_batch_size),
-            ("num_classes", num_classes),
-        ):
-            require(value >= 1, arg, value, "must be ≥ 1")
-        for arg, value in (("in_channels", in_channels), ("image_size", image_size)):
+        counts = {"batch_size": batch_size, "eval_batch_size": eval_batch_size, "num_classes": num_classes}
+        for arg, value in {**counts, "in_channels": in_channels, "image_size": image_size}.items():
             require(value >= 1, arg, value, "must be ≥ 1")
         require(num_workers >= 0, "num_workers", num_workers, "must be ≥ 0")
         require(0.0 <= val_split < 1.0, "val_split", val_split, "a fraction in [0, 1)")

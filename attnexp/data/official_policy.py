@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from attnexp.data.autoaugment import NUM_BINS, POLICIES, SIGNED, Draw, _run, equalize, invert, posterize
+from attnexp.data.autoaugment import NUM_BINS, POLICIES, SIGNED, Draw, _per_image, _run, equalize, invert, posterize
 
 # ------------------------------------------------------------------ magnitudes, as the official policy makes them
 
@@ -223,10 +223,6 @@ def shear_columns(images: torch.Tensor, m: torch.Tensor, fill: int) -> torch.Ten
 
 
 # ------------------------------------------------------------------ colour ops: uint8 (G, C, H, W), magnitude (G,) float64
-
-
-def _per_image(v: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, 1, 1, 1)
 
 
 def pil_luma(images: torch.Tensor) -> torch.Tensor:
