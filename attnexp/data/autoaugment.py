@@ -353,6 +353,18 @@ class Draw:
         return Draw(self.policy.to(device), self.applied.to(device), self.negative.to(device))
 
 
+def policy_tables(subpolicies: tuple, op_names: tuple, signed_ops: frozenset) -> tuple:
+    """A policy table as tensors: (S, 2) op indices into op_names, (S, 2) float32 probabilities,
+    (S, 2) bool "takes a random sign", and per slot the op indices that can occur there (so a slot
+    only visits those)."""
+    names = [[op for op, _, _ in sub] for sub in subpolicies]
+    op_index = torch.tensor([[op_names.index(op) for op in pair] for pair in names])
+    probability = torch.tensor([[p for _, p, _ in sub] for sub in subpolicies], dtype=torch.float32)
+    signed = torch.tensor([[op in signed_ops for op in pair] for pair in names])
+    slot_ops = [sorted({op_names.index(pair[k]) for pair in names}) for k in (0, 1)]
+    return op_index, probability, signed, slot_ops
+
+
 class BatchAutoAugment:
     """AutoAugment for uint8 (B, C, H, W) batches; `__call__(images, generator)`.
 
@@ -369,12 +381,7 @@ class BatchAutoAugment:
             raise ValueError(f"grouping={grouping}: one of {', '.join(self.GROUPINGS)}")
         self.name, self.fill, self.grouping = policy, float(fill), grouping
         self.subpolicies = POLICIES[policy]
-        names = [[op for op, _, _ in sub] for sub in self.subpolicies]
-        self.op_index = torch.tensor([[OP_NAMES.index(op) for op in pair] for pair in names])  # (S, 2)
-        self.probability = torch.tensor([[p for _, p, _ in sub] for sub in self.subpolicies], dtype=torch.float32)
-        self.signed = torch.tensor([[op in SIGNED for op in pair] for pair in names])
-        # the ops that can occur in each slot, so a slot only visits those
-        self.slot_ops = [sorted({OP_NAMES.index(pair[k]) for pair in names}) for k in (0, 1)]
+        self.op_index, self.probability, self.signed, self.slot_ops = policy_tables(self.subpolicies, OP_NAMES, SIGNED)
         self._magnitudes: dict = {}
         self._on_device: dict = {}
 

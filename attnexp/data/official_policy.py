@@ -27,7 +27,18 @@ import math
 
 import torch
 
-from attnexp.data.autoaugment import NUM_BINS, POLICIES, SIGNED, Draw, _per_image, _run, equalize, invert, posterize
+from attnexp.data.autoaugment import (
+    NUM_BINS,
+    POLICIES,
+    SIGNED,
+    Draw,
+    _per_image,
+    _run,
+    equalize,
+    invert,
+    policy_tables,
+    posterize,
+)
 
 # ------------------------------------------------------------------ magnitudes, as the official policy makes them
 
@@ -346,12 +357,8 @@ class OfficialCIFAR10Policy:
             raise ValueError(f"grouping={grouping}: one of {', '.join(self.GROUPINGS)}")
         self.fill, self.grouping = int(fill), grouping
         self.subpolicies = POLICIES["cifar10"]
-        names = [[op for op, _, _ in sub] for sub in self.subpolicies]
-        self.op_index = torch.tensor([[OP_NAMES.index(op) for op in pair] for pair in names])  # (S, 2)
-        self.probability = torch.tensor([[p for _, p, _ in sub] for sub in self.subpolicies], dtype=torch.float32)
-        self.signed = torch.tensor([[op in OFFICIAL_SIGNED for op in pair] for pair in names])
-        # the ops that can occur in each slot, so a slot only visits those
-        self.slot_ops = [sorted({OP_NAMES.index(pair[k]) for pair in names}) for k in (0, 1)]
+        tables = policy_tables(self.subpolicies, OP_NAMES, OFFICIAL_SIGNED)
+        self.op_index, self.probability, self.signed, self.slot_ops = tables
         self._on_device: dict = {}
 
     def __repr__(self) -> str:
