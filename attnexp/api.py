@@ -22,8 +22,8 @@ def compose_config(overrides: list[str] | None = None):
 def check(overrides: list[str] | None = None):
     """Everything the CLI checks before a job starts (compose_config, then every object the job
     will use, built on the meta device). Returns the config; raises StartupError."""
-    from attnexp.cli import check_job
     from attnexp.config.compose import compose
+    from attnexp.launch import check_job
 
     return check_job(compose(list(overrides or []), return_hydra_config=True))
 
@@ -32,13 +32,13 @@ def build_model(overrides: list[str] | None = None, compile: bool = False):
     """The backbone the CLI would train, e.g. build_model(["model=cct7", "data=cifar10"]).
 
     Touches no dataset file. `model.pretrained=PATH` loads weights strictly;
-    compile=True (or trainer.compile=true) returns a torch.compile'd module.
+    compile=True (or compute.compile=true) returns a torch.compile'd module.
     """
     from attnexp.build import build_model as _build
     from attnexp.run import maybe_compile
 
     cfg = compose_config(overrides)
-    return maybe_compile(_build(cfg), compile or cfg.trainer.compile)
+    return maybe_compile(_build(cfg), compile or cfg.compute.compile)
 
 
 @dataclass

@@ -196,11 +196,12 @@ def bench_path(model_name, attention, args, device, data_overrides) -> dict:
     each timed interval holds one batch fetch (with augmentation) and one step.
     """
     import torch
-    from pytorch_lightning.loggers import TensorBoardLogger
+    from omegaconf import open_dict
 
     from attnexp.build import build_data, build_model
     from attnexp.callbacks import RunRecorder
-    from attnexp.run import build_module, make_trainer
+    from attnexp.run import build_module, make_logger, make_trainer
+    from attnexp.rundir import RunRecord
 
     n = args.warmup + args.path_steps
     trainer_preset = "gpu" if device.type == "cuda" else "cpu"
@@ -215,7 +216,7 @@ def bench_path(model_name, attention, args, device, data_overrides) -> dict:
         "trainer.max_epochs=1",
         f"trainer.limit_train_batches={n}",
         "trainer.limit_val_batches=0",
-        "trainer.progress_bar=off",
+        "trainer.enable_progress_bar=false",
     )
     # the module exactly as attnexp.run.train builds it
     torch.manual_seed(0)
@@ -224,10 +225,11 @@ def bench_path(model_name, attention, args, device, data_overrides) -> dict:
     lightning, bare = [], []
     with tempfile.TemporaryDirectory() as root:
         for repeat in range(args.repeats):
-            run_dir = f"{root}/{repeat}"
+            with open_dict(cfg):
+                cfg.paths.output_dir = f"{root}/{repeat}"
             clock = step_clock(args.warmup, device)
-            logger = TensorBoardLogger(save_dir=run_dir, name="tb", version="", default_hp_metric=False)
-            trainer = make_trainer(cfg, run_dir, [RunRecorder(run_dir), clock], logger)
+            recorder = RunRecorder(RunRecord(cfg.paths.output_dir))
+            trainer = make_trainer(cfg, [recorder, clock], make_logger(cfg))
             trainer.fit(module, datamodule=datamodule)
             lightning.append(clock.seconds_per_step())
             bare.append(_bare_loop(module, datamodule, cfg, args.warmup, args.path_steps, device))

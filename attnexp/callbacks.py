@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from attnexp.rundir import update_metrics
+from attnexp.rundir import RunRecord
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -36,8 +36,8 @@ def _scalar(metrics: dict, key: str) -> float | None:
 class RunRecorder(pl.Callback):
     """Per epoch: the official `[Epoch N] Top-1 X Time: Y` line, the epoch time, and metrics.json."""
 
-    def __init__(self, run_dir: str, history: list | None = None):
-        self.run_dir = run_dir
+    def __init__(self, record: RunRecord, history: list | None = None):
+        self.record = record
         self.history: list[dict] = history or []
         self._epoch_start = 0.0
 
@@ -71,7 +71,7 @@ class RunRecorder(pl.Callback):
         elapsed = time.perf_counter() - self._epoch_start
         if trainer.is_global_zero:
             print(f"[Epoch {epoch}] Top-1 {acc1:.2f} Time: {elapsed:.2f}s", flush=True)
-            update_metrics(self.run_dir, epochs=epoch, best_acc1=best, final_acc1=acc1, history=self.history)
+            self.record.update(epochs=epoch, best_acc1=best, final_acc1=acc1, history=self.history)
 
 
 class StopRequested(Exception):

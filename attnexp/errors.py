@@ -58,3 +58,12 @@ def require(ok: bool, arg: str, value: Any, reason: str, group: str | None = Non
 def require_rate(arg: str, value: float) -> None:
     """A dropout-like probability: 0 ≤ value < 1."""
     require(0.0 <= value < 1.0, arg, value, "a rate in [0, 1)")
+
+
+class JobExit(SystemExit):
+    """A job that stopped (failed, diverged, interrupted): its one line and the exit code.
+    A SystemExit, so it ends a sweep's launcher loop as it ends a single run."""
+
+    def __init__(self, message: str, code: int):
+        self.message = message
+        super().__init__(code)

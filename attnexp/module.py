@@ -56,31 +56,33 @@ class NonFiniteLoss(RuntimeError):
         super().__init__(f"non-finite {what} at step {step}")
 
 
-class _Tally:
-    """Sums of loss, top-1 and top-5 hits and sample count, kept as one device tensor."""
+class EpochMetrics(nn.Module):
+    """Mean loss, top-1 and top-5 (%) of one stage: torchmetrics means over samples, kept on the
+    device and summed over DDP ranks (sample-weighted, so uneven last shards count right).
+    Their states are not persistent: checkpoints keep the official keys."""
 
     def __init__(self):
-        self.sums: torch.Tensor | None = None
+        super().__init__()
+        from torchmetrics import MeanMetric
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        k = min(5, logits.shape[-1])
-        topk = logits.topk(k, dim=-1).indices
-        hits = topk == labels[:, None]
-        n = labels.shape[0]
-        row = torch.stack(
-            [
-                loss.detach().float() * n,
-                hits[:, 0].sum().float(),
-                hits.any(-1).sum().float(),
-                torch.tensor(float(n), device=loss.device),
-            ]
-        )
-        self.sums = row if self.sums is None else self.sums + row
+        # nan_strategy="disable": no isnan check, so no host sync per step (non-finite losses are ours)
+        self.means = nn.ModuleDict({name: MeanMetric(nan_strategy="disable") for name in ("loss", "acc1", "acc5")})
+        self.seen = False
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        hits = logits.topk(min(5, logits.shape[-1]), dim=-1).indices == labels[:, None]
+        self.means["loss"].update(loss.detach().float(), weight=labels.shape[0])
+        self.means["acc1"].update(100.0 * hits[:, 0].float())
+        self.means["acc5"].update(100.0 * hits.any(-1).float())
+        self.seen = True
 
     def compute(self) -> dict[str, torch.Tensor]:
-        loss, top1, top5, n = self.sums
-        self.sums = None
-        return {"loss": loss / n, "acc1": 100 * top1 / n, "acc5": 100 * top5 / n}
+        """The epoch's values (synchronised across ranks), and a fresh start for the next epoch."""
+        values = {name: mean.compute() for name, mean in self.means.items()}
+        for mean in self.means.values():
+            mean.reset()
+        self.seen = False
+        return values
 
 
 class EpochRates:
@@ -119,7 +121,6 @@ class ClassifierModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.epoch_rates = EpochRates(scheduler) if scheduler is not None else None
         self.base_lrs: list[float] = []  # each param group's rate from the config
-        self._lr_logged_epoch: int | None = None
         self.label_smoothing = label_smoothing
         self.alpha_schedule = alpha
         self.alpha_maps = scheduled_maps(model)
@@ -128,7 +129,8 @@ class ClassifierModule(pl.LightningModule):
         self.seed = seed
         self.nonfinite_every = nonfinite_every  # 1 on CPU (free); larger on GPU to avoid a sync per step
         self._first_bad_step: torch.Tensor | None = None
-        self.tallies = {stage: _Tally() for stage in ("train", "val", "test")}
+        # keys name the stage (nn.Module's own `train` is taken); each moves to the device with the model
+        self.epoch_metrics = nn.ModuleDict({f"{stage}_metrics": EpochMetrics() for stage in ("train", "val", "test")})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -149,21 +151,24 @@ class ClassifierModule(pl.LightningModule):
         loader = self.trainer.train_dataloader
         if hasattr(loader, "consumed"):
             loader.consumed = batch_idx + 1
-        self.set_lr(self.current_epoch)
         if self.alpha_schedule is not None and self.alpha_maps:
             self.set_alpha(self.alpha_schedule(self.global_step, self.trainer.num_training_batches))
             self.log("alpha", self.alpha_value, on_step=True, on_epoch=False)
 
     def set_lr(self, epoch: int) -> None:
-        """This step's rate, from the config alone. It is constant within an epoch, so it is logged
-        once per epoch, at the epoch's first step, with the value every step of the epoch trains with."""
-        optimizer = self.optimizers()
+        """The rate of every step of `epoch`, from the config alone (constant within an epoch)."""
         factor = self.epoch_rates(epoch) if self.epoch_rates is not None else 1.0
-        for group, base in zip(optimizer.param_groups, self.base_lrs):
+        for group, base in zip(self.optimizers().param_groups, self.base_lrs):
             group["lr"] = base * factor
-        if self._lr_logged_epoch != epoch and self.logger is not None:
-            self.logger.log_metrics({"lr": optimizer.param_groups[0]["lr"]}, step=self.global_step)
-            self._lr_logged_epoch = epoch
+
+    # set before Lightning's LearningRateMonitor reads it at the epoch's start, so it logs the rate
+    # the epoch trains with; on_train_start also covers a resume (mid-epoch included)
+    def on_train_start(self) -> None:
+        self.set_lr(self.current_epoch)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+        self.set_lr(self.current_epoch + 1)
 
     # ------------------------------------------------------------ steps
     def _shared_step(self, batch, stage: str) -> torch.Tensor:
@@ -171,7 +176,7 @@ class ClassifierModule(pl.LightningModule):
         logits = self(images)
         smoothing = self.label_smoothing if stage == "train" else 0.0
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
-        self.tallies[stage].add(loss, logits, labels)
+        self.epoch_metrics[f"{stage}_metrics"].update(loss, logits, labels)
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -194,13 +199,10 @@ class ClassifierModule(pl.LightningModule):
         self._shared_step(batch, "test")
 
     def _log_epoch(self, stage: str) -> None:
-        if self.tallies[stage].sums is None:
+        if not self.epoch_metrics[f"{stage}_metrics"].seen:
             return
-        for name, value in self.tallies[stage].compute().items():
-            self.log(f"{stage}/{name}", value, sync_dist=True)
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
+        for name, value in self.epoch_metrics[f"{stage}_metrics"].compute().items():
+            self.log(f"{stage}/{name}", value)  # already summed over ranks by torchmetrics
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")

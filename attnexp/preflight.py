@@ -105,6 +105,16 @@ def build_job(cfg: DictConfig) -> None:
     check_alpha(model, schedule)
     if cfg.mode == "train":
         check_optimization(cfg)
+    if cfg.mode in ("train", "eval"):
+        check_trainer(cfg)
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """Lightning's Trainer, built as the job builds it (its constructor checks its arguments)."""
+    from attnexp.run import make_trainer
+
+    with blamed("trainer", cfg.trainer):
+        make_trainer(cfg, [], logger=False)
 
 
 def check_built(cfg: DictConfig, choices: dict) -> None:

@@ -1,8 +1,9 @@
-"""One job: train, evaluate or summarise a composed config inside its run directory.
+"""One job: train, evaluate or summarise a composed config in its folder (`paths.output_dir`).
 
-`run_job(cfg, run_dir)` is what the CLI's Hydra task calls; tests call it too.
-It returns the metrics dict and raises `RunFailed` (with the status it wrote)
-when the run did not finish.
+`train(cfg) -> metrics` (and `evaluate`, `summary`) are plain functions of the
+config: Hydra's job calls `run_mode(cfg)`, tests call them directly with
+`paths.output_dir=<folder>`. They raise `RunFailed` (with the status they
+wrote) when the run did not finish.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from attnexp.build import build_alpha, build_data, build_model, load_weights, read_checkpoint
 from attnexp.callbacks import AtomicCheckpointIO, GracefulStop, RunRecorder, StopRequested
 from attnexp.module import ClassifierModule, NonFiniteLoss
-from attnexp.rundir import provenance, read_metrics, update_metrics
+from attnexp.rundir import RunRecord, provenance
 
 
 class RunFailed(Exception):
@@ -51,10 +53,10 @@ def _on_gpu(cfg: DictConfig) -> bool:
 
 
 def seed_and_threads(cfg: DictConfig) -> None:
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
+    if cfg.compute.num_threads:
+        torch.set_num_threads(cfg.compute.num_threads)
     if _on_gpu(cfg):
-        torch.set_float32_matmul_precision(cfg.trainer.matmul_precision)
+        torch.set_float32_matmul_precision(cfg.compute.matmul_precision)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
 
@@ -127,36 +129,30 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")  # epoch metrics are ours
 
 
-def make_trainer(cfg: DictConfig, run_dir: str, callbacks: list, logger) -> pl.Trainer:
+def make_trainer(cfg: DictConfig, callbacks: list, logger) -> pl.Trainer:
+    """Lightning's Trainer from the trainer node (hydra.utils.instantiate); attnexp fills what
+    depends on the machine (auto accelerator, precision and progress bar) and its own parts."""
     quiet_lightning()
     t = cfg.trainer
     on_gpu = _on_gpu(cfg)
-    precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
-    progress = t.progress_bar == "on" or (t.progress_bar == "auto" and sys.stderr.isatty())
+    progress = t.enable_progress_bar if t.enable_progress_bar is not None else sys.stderr.isatty()
     extra = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
-    return pl.Trainer(
+    return instantiate(
+        t,
         accelerator="gpu" if on_gpu else "cpu",
-        devices=t.devices,
-        strategy=t.strategy,
-        precision=precision,
-        max_epochs=t.max_epochs,
-        deterministic=t.deterministic,
+        precision=t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true"),
         benchmark=on_gpu and not t.deterministic,  # cuDNN picks the fastest tokenizer-conv kernels once per shape
-        check_val_every_n_epoch=t.check_val_every_n_epoch,
-        limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches,
-        limit_test_batches=t.limit_val_batches,
-        gradient_clip_val=t.gradient_clip_val or None,
-        log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=progress,
-        enable_model_summary=False,
-        detect_anomaly=t.detect_anomaly,
-        num_sanity_val_steps=0,
         callbacks=callbacks + extra,
         logger=logger,
-        default_root_dir=run_dir,
+        default_root_dir=cfg.paths.output_dir,
         plugins=[AtomicCheckpointIO()],
     )
+
+
+def make_logger(cfg: DictConfig):
+    """The logger group's choice (TensorBoard by default), writing into the run's folder."""
+    return instantiate(cfg.logger) if cfg.get("logger") else False
 
 
 def _choices() -> dict:
@@ -205,7 +201,7 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, run_config: dict | Non
     on_gpu = _on_gpu(cfg)
     channels_last_tokenizer(model)  # on the CPU too: CCT-2's train step runs ~1.2× faster (docs/speed.md)
     return ClassifierModule(
-        maybe_compile(model, cfg.trainer.compile),
+        maybe_compile(model, cfg.compute.compile),
         optimizer=make_optimizer(cfg, on_gpu),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         label_smoothing=cfg.label_smoothing,
@@ -216,13 +212,15 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, run_config: dict | Non
     )
 
 
-def train(cfg: DictConfig, run_dir: str) -> dict:
-    from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.loggers import TensorBoardLogger
+def train(cfg: DictConfig, record: RunRecord | None = None) -> dict:
+    """Fit, then score the best checkpoint on the test split; the metrics dict (metrics.json)."""
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
+    run_dir = cfg.paths.output_dir
+    record = record or RunRecord(run_dir)
     seed_and_threads(cfg)
     started = time.perf_counter()
-    resumed = read_metrics(run_dir) if cfg.ckpt_path else {}
+    resumed = record.read() if cfg.ckpt_path else {}
     datamodule = build_data(cfg)
     model = build_model(cfg)
     params = trainable_parameters(model)
@@ -230,8 +228,7 @@ def train(cfg: DictConfig, run_dir: str) -> dict:
     run_config = OmegaConf.to_container(cfg, resolve=True)
     module = build_module(cfg, model, run_config)
     choices = _choices()
-    update_metrics(
-        run_dir,
+    record.update(
         status="running",
         run_dir=str(run_dir),
         params=params,
@@ -241,13 +238,14 @@ def train(cfg: DictConfig, run_dir: str) -> dict:
         **provenance(run_dir),
     )
     ckpt_dir = Path(run_dir) / "checkpoints"
-    recorder = RunRecorder(str(run_dir), history=resumed.get("history"))
+    recorder = RunRecorder(record, history=resumed.get("history"))
     stopper = GracefulStop(str(ckpt_dir / "last.ckpt"))
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir, filename="best", monitor="val/acc1", mode="max", save_last=True, auto_insert_metric_name=False
     )
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
-    trainer = make_trainer(cfg, str(run_dir), [recorder, stopper, checkpoint], logger)
+    logger = make_logger(cfg)
+    rates = [LearningRateMonitor(logging_interval="epoch")] if logger else []
+    trainer = make_trainer(cfg, [recorder, stopper, checkpoint, *rates], logger)
 
     fit_history: list = []
 
@@ -256,15 +254,14 @@ def train(cfg: DictConfig, run_dir: str) -> dict:
         history = list(fit_history or recorder.history)
         best = max((h["val_acc1"] for h in history), default=None)
         final = history[-1]["val_acc1"] if history else None
-        if trainer.is_global_zero and best is not None:
+        if trainer.is_global_zero and best is not None and logger:
             logger.log_hyperparams(
                 run_hparams(choices or resumed.get("choices", {}), _task_overrides(), list(cfg.sweep.swept))
                 | {"params": params, "threads": torch.get_num_threads()},
                 {"hp/best_acc1": best, "hp/final_acc1": final},
             )
             logger.finalize(status)
-        return update_metrics(
-            run_dir,
+        return record.update(
             status=status,
             best_acc1=best,
             final_acc1=final,
@@ -317,10 +314,9 @@ def time_inference(model: torch.nn.Module, datamodule, device: torch.device) -> 
     return {"inference_ms_per_batch": round(ms, 3), "inference_batch_size": int(images.shape[0])}
 
 
-def evaluate(cfg: DictConfig, run_dir: str) -> dict:
+def evaluate(cfg: DictConfig, record: RunRecord | None = None) -> dict:
     """Score ckpt_path on the test split, rebuilding the model from the checkpoint's own config."""
-    from pytorch_lightning.loggers import TensorBoardLogger
-
+    record = record or RunRecord(cfg.paths.output_dir)
     seed_and_threads(cfg)
     ckpt = read_checkpoint(cfg.ckpt_path, "ckpt_path")
     saved = ckpt.get("attnexp_config")
@@ -331,18 +327,18 @@ def evaluate(cfg: DictConfig, run_dir: str) -> dict:
     module = ClassifierModule(model, optimizer=instantiate(cfg.optimizer))
     if ckpt.get("alpha") is not None:
         module.set_alpha(ckpt["alpha"])
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
-    trainer = make_trainer(cfg, str(run_dir), [], logger)
+    trainer = make_trainer(cfg, [], make_logger(cfg))
     results = trainer.test(module, datamodule=build_data(cfg), verbose=False)[0]
     metrics = {k.replace("/", "_"): float(v) for k, v in results.items()}
     print(f"test top-1: {metrics['test_acc1']:.2f}, top-5: {metrics['test_acc5']:.2f}")
-    return update_metrics(
-        run_dir, status="done", mode="eval", ckpt_path=cfg.ckpt_path, params=trainable_parameters(model), **metrics
+    return record.update(
+        status="done", mode="eval", ckpt_path=cfg.ckpt_path, params=trainable_parameters(model), **metrics
     )
 
 
-def summary(cfg: DictConfig, run_dir: str) -> dict:
-    """Parameters, GFLOPs per image and tokens, without data or training."""
+def summary(cfg: DictConfig, record: RunRecord | None = None) -> dict:
+    """Parameters, GFLOPs per image and tokens, without data or training (summary.json)."""
+    run_dir = cfg.paths.output_dir
     from torch.utils.flop_counter import FlopCounterMode
 
     from attnexp.layers.attention import Attention
@@ -382,6 +378,23 @@ def summary(cfg: DictConfig, run_dir: str) -> dict:
 MODES = {"train": train, "eval": evaluate, "summary": summary}
 
 
-def run_job(cfg: DictConfig, run_dir: str) -> dict:
+def run_mode(cfg: DictConfig) -> dict:
+    """The job of `cfg.mode` in `paths.output_dir`. Every way it can end is recorded in metrics.json
+    by one RunRecord: a failure as `failed` with its one-line reason (traceback in error.txt)."""
+    from attnexp.build import CheckpointError
+    from attnexp.errors import StartupError
+
+    run_dir = cfg.paths.output_dir
     os.makedirs(run_dir, exist_ok=True)
-    return MODES[cfg.mode](cfg, run_dir)
+    record = RunRecord(run_dir)
+    try:
+        return MODES[cfg.mode](cfg, record)
+    except RunFailed:
+        raise
+    except (CheckpointError, StartupError, ValueError) as e:
+        message = str(e).splitlines()[0]
+    except Exception as e:
+        (Path(run_dir) / "error.txt").write_text(traceback.format_exc())
+        message = f"{type(e).__name__}: {e}".splitlines()[0] + f" (traceback in {run_dir}/error.txt)"
+    record.update(status="failed", reason=message)
+    raise RunFailed("failed", message)

@@ -8,7 +8,7 @@ import platform
 import subprocess
 import sys
 import tempfile
-from datetime import datetime
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -39,11 +39,20 @@ def read_metrics(run_dir: str | os.PathLike, /) -> dict:
         return {}
 
 
-def update_metrics(run_dir: str | os.PathLike, /, **fields) -> dict:
-    metrics = read_metrics(run_dir)
-    metrics.update(fields)
-    atomic_write_text(Path(run_dir) / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
-    return metrics
+class RunRecord:
+    """The one writer of a run's metrics.json: each update merges fields into what the file holds
+    and replaces it atomically (a kill leaves the previous version)."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+
+    def read(self) -> dict:
+        return read_metrics(self.run_dir)
+
+    def update(self, **fields) -> dict:
+        metrics = self.read() | fields
+        atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
+        return metrics
 
 
 def claim_dir(path: str) -> str:
@@ -59,16 +68,6 @@ def claim_dir(path: str) -> str:
         except FileExistsError:
             n += 1
             candidate = f"{path}_{n}"
-
-
-def single_run_dir(root: str, model: str, attention: str, now: datetime | None = None) -> str:
-    now = now or datetime.now()
-    return claim_dir(os.path.join(root, now.strftime("%Y-%m-%d"), f"{now.strftime('%H-%M-%S')}_{model}_{attention}"))
-
-
-def sweep_dir(root: str, name: str, now: datetime | None = None) -> str:
-    now = now or datetime.now()
-    return claim_dir(os.path.join(root, now.strftime("%Y-%m-%d"), f"{now.strftime('%H-%M-%S')}_{name}"))
 
 
 def _git(*args: str) -> str | None:
@@ -99,3 +98,34 @@ def provenance(run_dir: str | os.PathLike) -> dict:
         "versions": {"python": platform.python_version(), **versions},
         "host": platform.node(),
     }
+
+
+class _Tee:
+    """A text stream that writes to the console stream and to a log file."""
+
+    def __init__(self, stream, log):
+        self._stream, self._log = stream, log
+
+    def write(self, text: str) -> int:
+        self._log.write(text)
+        return self._stream.write(text)
+
+    def flush(self) -> None:
+        self._log.flush()
+        self._stream.flush()
+
+    def __getattr__(self, name):  # isatty, fileno, encoding...: the console's
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def console_log(run_dir: str | os.PathLike, /):
+    """Copy what the job prints (stdout and stderr) to <run_dir>/console.log, appending on resume."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    saved = sys.stdout, sys.stderr
+    with open(Path(run_dir) / "console.log", "a", buffering=1) as log:
+        sys.stdout, sys.stderr = _Tee(saved[0], log), _Tee(saved[1], log)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = saved

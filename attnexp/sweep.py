@@ -1,10 +1,10 @@
 """Sweeps that survive real clusters: the job plan, the dry run, resuming, the end-of-sweep summary.
 
-Hydra launches the jobs (basic, joblib, submitit). Before it does, the CLI asks
-`plan()` for every job and its folder and writes them to `<sweep>/sweep.json`,
-so a job that never started — its pool was killed before dispatching it — is
-still reported, and `sweep.resume=true` knows what is left. No torch at import:
-the summary callback is instantiated in every Hydra process.
+Hydra launches the jobs (basic, joblib, submitit). Before it does,
+attnexp.launch plans every job and its folder and writes them to
+`<sweep>/sweep.json` (here), so a job that never started — its pool was killed
+before dispatching it — is still reported, and `sweep.resume=true` knows what
+is left. No torch at import.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from attnexp.rundir import atomic_write_text, read_metrics
@@ -39,57 +38,6 @@ class Job:
 
 
 # ---------------------------------------------------------------- the plan
-
-
-def _split_hydra(overrides: list[str]) -> tuple[list[str], list[str]]:
-    """(task overrides, hydra.* overrides): Hydra keeps the second out of every job's list."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    task = [o.input_line for o in parsed if not o.is_hydra_override()]
-    hydra = [o.input_line for o in parsed if o.is_hydra_override()]
-    return task, hydra
-
-
-def job_overrides(task: list[str], sweeper_params: dict | None = None) -> list[list[str]]:
-    """Every job's task overrides in the basic sweeper's order (its own splitting, so they match)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    params = [f"{k}={v}" for k, v in (sweeper_params or {}).items()]
-    parsed = OverridesParser.create().parse_overrides(params + task)
-    return BasicSweeper.split_arguments(parsed, None)[0]
-
-
-def _subdir(cfg: DictConfig) -> str:
-    """hydra.sweep.subdir of one composed job (it reads `${hydra:...}`, so HydraConfig must hold the job)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    holder = HydraConfig.instance()
-    saved = holder.cfg
-    holder.set_config(cfg)
-    try:
-        return str(cfg.hydra.sweep.subdir)
-    finally:
-        holder.cfg = saved
-
-
-def plan(overrides: list[str], compose) -> tuple[str, list[tuple[Job, DictConfig]]]:
-    """(sweep folder, [(job, its composed config)]) of `attnexp -m <overrides>`, where
-    `compose(overrides, return_hydra_config=True)` is the CLI's composer. Each job is
-    composed to name its folder exactly as Hydra will (its subdir may read any value)."""
-    task, hydra = _split_hydra(overrides)
-    jobs_of_cli = job_overrides(task)
-    first = compose(hydra + jobs_of_cli[0], return_hydra_config=True)
-    sweep_dir = str(first.hydra.sweep.dir)
-    # an experiment preset may sweep too (hydra.sweeper.params), as the sweeper will
-    params = first.hydra.sweeper.get("params")
-    planned = job_overrides(task, OmegaConf.to_container(params)) if params else jobs_of_cli
-    jobs = []
-    for job in planned:
-        cfg = compose(hydra + list(job), return_hydra_config=True)
-        jobs.append((Job(list(job), _subdir(cfg)), cfg))
-    return sweep_dir, jobs
 
 
 def write_manifest(sweep_dir: str, jobs: list[Job], command: str) -> None:
@@ -164,40 +112,15 @@ def format_summary(sweep_dir: str, states: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
-_summarized: set[str] = set()  # sweep folders whose summary the callback printed (same process as main)
-
-
 def summarize(sweep_dir: str, since: float | None) -> list[tuple[str, str, str]]:
     states = sweep_states(sweep_dir, since)
     print(format_summary(sweep_dir, states), flush=True)
-    _summarized.add(os.path.abspath(sweep_dir))
     return states
-
-
-class SweepSummary(Callback):
-    """At the end of a multirun: done / failed / skipped / incomplete per job, from each metrics.json.
-
-    Runs in the launching process, after every job returned (joblib, submitit
-    included). A launcher that raises (a pool killed by SIGKILL) skips this
-    hook; the CLI then prints the same summary itself.
-    """
-
-    def __init__(self):
-        self.started: float | None = None
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        self.started = time.time()
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        summarize(str(config.hydra.sweep.dir), self.started)
 
 
 def finish(sweep_dir: str, started: float, resume_command: str) -> int:
     """The sweep's exit code: 1 when any job is not done (failed or incomplete), printing how to resume."""
-    if os.path.abspath(sweep_dir) in _summarized:
-        states = sweep_states(sweep_dir, started)
-    else:
-        states = summarize(sweep_dir, started)
+    states = summarize(sweep_dir, started)
     left = [s for s in states if s[1] not in DONE_STATES]
     if not left:
         return 0
@@ -246,8 +169,8 @@ def measure(cfg: DictConfig) -> dict:
 
     from attnexp.build import build_model
 
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
+    if cfg.compute.num_threads:
+        torch.set_num_threads(cfg.compute.num_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
     torch.manual_seed(0)
     model = build_model(cfg).to(device)

@@ -30,6 +30,14 @@ def compose(*overrides: str):
     return compose_config(list(overrides))
 
 
+def run_in(folder, *overrides: str) -> dict:
+    """attnexp.run.run_mode of `overrides` with its files in `folder` (what a Hydra job does)."""
+    from attnexp.api import compose_config
+    from attnexp.run import run_mode
+
+    return run_mode(compose_config([*overrides, f"paths.output_dir={folder}"]))
+
+
 def check(*overrides: str):
     """What the CLI checks before a job starts (every object built on the meta device)."""
     from attnexp.api import check as check_config
@@ -44,7 +52,7 @@ TINY = [
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=2",
     "trainer.limit_val_batches=1",
-    "trainer.progress_bar=off",
+    "trainer.enable_progress_bar=false",
     "data.batch_size=8",
     "data.eval_batch_size=16",
     "data.train_size=64",

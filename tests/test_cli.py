@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REFERENCE, TINY, compose, needs_shared, run_cli, run_dirs
+from conftest import REFERENCE, TINY, needs_shared, run_cli, run_dirs, run_in
 from test_official_models import PRESETS
 
 import attnexp
@@ -75,12 +75,14 @@ def test_a_run_leaves_config_events_checkpoints_and_metrics(workdir):
     proc = run_cli(*TINY, "trainer.max_epochs=2", "model=cct2", cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = run_dirs(workdir / "outputs")
-    assert re.fullmatch(r"\d\d-\d\d-\d\d_cct2_softmax", run_dir.name)
+    assert re.fullmatch(r"\d\d-\d\d-\d\d_cct2_softmax_x", run_dir.name)  # <time>_<model>_<attention>_<seqpool>
     assert re.fullmatch(r"\d{4}-\d\d-\d\d", run_dir.parent.name)
     # console: the official per-epoch line, the closing line, where the logs are
     assert re.search(r"^\[Epoch 2\] Top-1 [\d.]+ Time: [\d.]+s$", proc.stdout, re.M)
     assert re.search(r"^best top-1: [\d.]+, final top-1: [\d.]+$", proc.stdout, re.M)
     assert f"tensorboard --logdir {run_dir}" in proc.stdout
+    log = (run_dir / "console.log").read_text().splitlines()  # the console is kept in the folder too
+    assert proc.stdout.splitlines() and all(line in log for line in proc.stdout.splitlines())
 
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
@@ -104,7 +106,7 @@ def test_a_run_leaves_config_events_checkpoints_and_metrics(workdir):
         "val/loss",
         "val/acc1",
         "val/acc5",
-        "lr",
+        "lr-AdamW",  # Lightning's LearningRateMonitor, at each epoch's first step
         "time/epoch_s",
         "hp/best_acc1",
         "hp/final_acc1",
@@ -129,26 +131,21 @@ def test_a_run_leaves_config_events_checkpoints_and_metrics(workdir):
 
 
 def test_a_second_run_in_the_same_second_gets_its_own_folder(workdir):
-    from datetime import datetime
+    from attnexp.rundir import claim_dir
 
-    from attnexp.rundir import single_run_dir
-
-    now = datetime(2026, 1, 2, 3, 4, 5)
-    first = single_run_dir(str(workdir), "cct2", "softmax", now)
-    second = single_run_dir(str(workdir), "cct2", "softmax", now)
-    assert first.endswith("03-04-05_cct2_softmax") and second == first + "_1"
+    first = claim_dir(str(workdir / "03-04-05_cct2_softmax_x"))
+    second = claim_dir(str(workdir / "03-04-05_cct2_softmax_x"))
+    assert first.endswith("03-04-05_cct2_softmax_x") and second == first + "_1"
 
 
 def test_val_split_holds_out_part_of_train_and_reports_test_at_best_val(tmp_path):
     from attnexp.data.datamodule import ImageDataModule
-    from attnexp.run import run_job
 
     dm = ImageDataModule("fake", train_size=200, test_size=50, val_split=0.25)
     dm.setup()
     assert (len(dm.train), len(dm.val), len(dm.test)) == (150, 50, 50)
     assert not torch.equal(dm.val.images, dm.test.images)
-    cfg = compose(*TINY, "data.val_split=0.25")
-    metrics = run_job(cfg, str(tmp_path))
+    metrics = run_in(tmp_path, *TINY, "data.val_split=0.25")
     assert metrics["status"] == "done" and 0 <= metrics["test_acc1_at_best_val"] <= 100
 
 
@@ -156,22 +153,20 @@ def test_val_split_holds_out_part_of_train_and_reports_test_at_best_val(tmp_path
 def test_cct_learns_real_mnist(mnist_root, tmp_path):
     """150 steps of 32 real training digits, no warmup: far above chance (10 %) on 2,000 held-out
     digits (81 % when written; the official recipe's 5 warmup epochs need ~3 epochs for 73 %)."""
-    from attnexp.run import run_job
-
-    cfg = compose(
+    metrics = run_in(
+        tmp_path,
         "data=mnist",
         f"data.root={mnist_root}",
         "model=cct2",
         "trainer=cpu",
         "trainer.max_epochs=1",
-        "trainer.progress_bar=off",
+        "trainer.enable_progress_bar=false",
         "scheduler.warmup_epochs=0",
         "optimizer.lr=1e-3",
         "data.batch_size=32",
         "trainer.limit_train_batches=150",
         "label_smoothing=0",
     )
-    metrics = run_job(cfg, str(tmp_path))
     assert metrics["status"] == "done"
     assert metrics["best_acc1"] > 70, metrics["best_acc1"]
 
@@ -179,7 +174,7 @@ def test_cct_learns_real_mnist(mnist_root, tmp_path):
 @pytest.mark.slow
 def test_demo_reaches_90_percent_on_digits(workdir):
     """What `make demo` runs (about a minute on 2 cores)."""
-    proc = run_cli("experiment=demo", "trainer.progress_bar=off", cwd=workdir, timeout=900)
+    proc = run_cli("experiment=demo", "trainer.enable_progress_bar=false", cwd=workdir, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     best = float(re.search(r"^best top-1: ([\d.]+)", proc.stdout, re.M).group(1))
     assert best >= 90

@@ -366,7 +366,7 @@ def vit_linear_flops(tokens=197, d=192, patches=196, classes=10) -> int:
 
 
 def test_summary_params_and_gflops(tmp_path, capsys):
-    from attnexp.run import run_job
+    from conftest import run_in
 
     tokens, d = 197, 192
     ordinary = 2 * 12 * 2 * 3 * tokens * tokens * (d // 3)  # QKᵀ and AV per head
@@ -380,8 +380,7 @@ def test_summary_params_and_gflops(tmp_path, capsys):
         extra = (
             ["attention.impl=explicit"] if attention == "softmax" else []
         )  # the fused kernel has no FLOP count on CPU
-        cfg = compose(*VIT, f"attention={attention}", "mode=summary", *extra)
-        info = run_job(cfg, str(tmp_path / attention))
+        info = run_in(tmp_path / attention, *VIT, f"attention={attention}", "mode=summary", *extra)
         assert info["params"] == params
         assert info["gflops_per_image"] == pytest.approx(flops / 1e9, rel=1e-9)
         assert json.loads((tmp_path / attention / "summary.json").read_text())["params"] == params

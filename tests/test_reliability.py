@@ -262,10 +262,10 @@ def test_sigkill_while_writing_checkpoints_leaves_a_loadable_one(tmp_path):
 
 
 def test_metrics_json_is_replaced_atomically(tmp_path):
-    from attnexp.rundir import read_metrics, update_metrics
+    from attnexp.rundir import RunRecord, read_metrics
 
-    update_metrics(tmp_path, status="running", best_acc1=1.0)
-    update_metrics(tmp_path, status="done")
+    RunRecord(tmp_path).update(status="running", best_acc1=1.0)
+    RunRecord(tmp_path).update(status="done")
     assert read_metrics(tmp_path) == {"status": "done", "best_acc1": 1.0}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp files left
 
@@ -346,7 +346,8 @@ def test_the_rate_follows_the_config_at_every_step_also_across_a_resume_that_cha
     main([f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=4"])
     assert "trainer.max_epochs 2 → 4" in capsys.readouterr().err
     scalars = SummaryReader(str(run / "tb")).scalars
-    logged = dict(zip(scalars[scalars.tag == "lr"].step, scalars[scalars.tag == "lr"].value))
+    rates = scalars[scalars.tag == "lr-AdamW"]  # Lightning's LearningRateMonitor
+    logged = dict(zip(rates.step, rates.value))
     steps_per_epoch = 2  # debug=tiny
     for step, rate in logged.items():
         epoch = step // steps_per_epoch

@@ -72,7 +72,7 @@ def make_run(
             body.setdefault(head, {})[tail] = yaml.safe_load(v)
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(body))
     (run / ".hydra" / "overrides.yaml").write_text(
-        yaml.safe_dump(overrides + [f"seed={seed}", "trainer.progress_bar=off"])
+        yaml.safe_dump(overrides + [f"seed={seed}", "trainer.enable_progress_bar=false"])
     )
     all_choices = {"model": "cct2", "data": "fake", "seqpool": "x"} | (choices or {})
     all_choices |= {k: v for k, v in (o.split("=", 1) for o in overrides) if "." not in k}

@@ -74,12 +74,30 @@ def test_every_built_yaml_rides_on_a_schema_that_matches_its_target(nodes):
 def test_every_schema_is_used_by_a_yaml_and_matches_its_default_target(nodes):
     used = {OmegaConf.get_type(node) for _, _, node in nodes if node}
     for path, schema in SCHEMAS.items():
-        if path in ("root", "trainer/trainer"):  # plain nodes, no constructor yet
+        if path in PLAIN_NODES or path in LIGHTNING_NODES:
             continue
         assert schema in used, f"schema/{path} is used by no yaml"
         target = next(f.default for f in dataclasses.fields(schema) if f.name == "_target_")
         fields = {f.name for f in dataclasses.fields(schema)} - HYDRA_KEYS
         assert fields == expected_fields(schema, target), path
+
+
+PLAIN_NODES = ("root", "paths/paths")  # no constructor
+LIGHTNING_NODES = {"trainer/trainer": "trainer", "logger/tensorboard": "logger"}  # (schema, the group using it)
+
+
+def test_lightning_nodes_hold_only_arguments_of_their_class():
+    """The Trainer and the logger are Lightning's: their schemas hold a subset of the class's
+    arguments (the rest keep Lightning's defaults), and what attnexp injects is an argument too."""
+    cfg = compose([], return_hydra_config=False)
+    for path, group in LIGHTNING_NODES.items():
+        schema = SCHEMAS[path]
+        assert OmegaConf.get_type(cfg[group]) is schema, group
+        target = next(f.default for f in dataclasses.fields(schema) if f.name == "_target_")
+        params = constructor_parameters(get_class(target))
+        fields = {f.name for f in dataclasses.fields(schema)} - HYDRA_KEYS
+        assert fields <= params, (path, fields - params)
+        assert set(getattr(schema, "INJECTED", ())) <= params - fields, path
 
 
 def test_the_schema_tree_is_not_a_choice_users_see():

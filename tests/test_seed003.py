@@ -274,9 +274,10 @@ def test_deep_dive_is_the_seed_recipe_on_every_dataset(data):
 
 
 def _train_briefly(mnist_root, run_dir, model: str, steps: int) -> dict:
-    from attnexp.run import run_job
+    from attnexp.run import run_mode
 
     cfg = compose(
+        f"paths.output_dir={run_dir}",
         "experiment=deep_dive",
         f"model={model}",
         "data=mnist",
@@ -287,14 +288,14 @@ def _train_briefly(mnist_root, run_dir, model: str, steps: int) -> dict:
         "trainer.limit_val_batches=2",
         "data.eval_batch_size=250",
         "optimizer.lr=1e-3",  # the recipe's 1e-4 needs epochs; a few dozen steps need more
-        "trainer.num_threads=1",  # 2 shared cores: one thread avoids oversubscription stalls
-        "trainer.progress_bar=off",
+        "compute.num_threads=1",  # 2 shared cores: one thread avoids oversubscription stalls
+        "trainer.enable_progress_bar=false",
     )
     threads = torch.get_num_threads()
     try:
-        return run_job(cfg, str(run_dir))
+        return run_mode(cfg)
     finally:
-        torch.set_num_threads(threads)  # run_job applied trainer.num_threads to the whole process
+        torch.set_num_threads(threads)  # run_mode applied compute.num_threads to the whole process
 
 
 @pytest.mark.parametrize("model,steps", [("cnn", 30), ("vit", 60)])
@@ -319,8 +320,8 @@ def test_cli_runs_the_deep_dive_hybrid(mnist_root, workdir):
         "trainer.limit_train_batches=3",
         "trainer.limit_val_batches=1",
         "data.eval_batch_size=100",
-        "trainer.num_threads=1",
-        "trainer.progress_bar=off",
+        "compute.num_threads=1",
+        "trainer.enable_progress_bar=false",
         cwd=workdir,
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -206,7 +206,7 @@ def test_sdpa_matches_explicit_under_bf16_autocast(attention):
 
 def test_bf16_mixed_training_run_on_cpu(tmp_path):
     """trainer.precision=bf16-mixed trains on the CPU: the run finishes and its linears ran in bf16."""
-    from attnexp.run import run_job
+    from conftest import run_in
 
     dtypes = []
 
@@ -216,7 +216,7 @@ def test_bf16_mixed_training_run_on_cpu(tmp_path):
 
     handle = torch.nn.modules.module.register_module_forward_hook(record)
     try:
-        metrics = run_job(compose(*TINY, "trainer.precision=bf16-mixed"), str(tmp_path / "run"))
+        metrics = run_in(tmp_path / "run", *TINY, "trainer.precision=bf16-mixed")
     finally:
         handle.remove()
     assert metrics["status"] == "done"
@@ -262,10 +262,11 @@ def test_ddp_ranks_train_on_disjoint_shards(tmp_path):
         "trainer.strategy=ddp_spawn",
         "trainer.limit_train_batches=null",
         "trainer.limit_val_batches=0",
-        "trainer.num_threads=1",
+        "compute.num_threads=1",
     )
+    cfg.paths.output_dir = str(tmp_path)
     module = ClassifierModule(build_model(cfg), optimizer=instantiate(cfg.optimizer))
-    trainer = make_trainer(cfg, str(tmp_path), [SeenSamples(str(tmp_path))], logger=False)
+    trainer = make_trainer(cfg, [SeenSamples(str(tmp_path))], logger=False)
     trainer.fit(module, datamodule=build_data(cfg))
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -280,6 +281,29 @@ def test_ddp_ranks_train_on_disjoint_shards(tmp_path):
     everything = [fingerprint(img) for images, _ in loader for img in images]
     assert len(seen0) + len(seen1) == len(everything) == cfg.data.train_size
     assert sorted(seen0 + seen1) == sorted(everything)
+
+
+def test_ddp_ranks_score_the_test_split_as_one_process_does(tmp_path):
+    """Two gloo ranks on uneven, unpadded shards (33 images: 17 + 16): torchmetrics sums hits and
+    counts over ranks, so top-1, top-5 and the mean loss equal one process's on the same data."""
+    from hydra.utils import instantiate
+
+    from attnexp.build import build_data, build_model
+    from attnexp.module import ClassifierModule
+    from attnexp.run import make_trainer
+
+    def test_metrics(*overrides: str) -> dict:
+        cfg = compose(*TINY, "data.test_size=33", "data.eval_batch_size=8", "compute.num_threads=1", *overrides)
+        cfg.paths.output_dir = str(tmp_path)
+        torch.manual_seed(0)
+        module = ClassifierModule(build_model(cfg), optimizer=instantiate(cfg.optimizer))
+        return make_trainer(cfg, [], logger=False).test(module, datamodule=build_data(cfg), verbose=False)[0]
+
+    one = test_metrics()
+    two = test_metrics("trainer.devices=2", "trainer.strategy=ddp_spawn")
+    assert two["test/acc1"] == pytest.approx(one["test/acc1"], abs=1e-6)
+    assert two["test/acc5"] == pytest.approx(one["test/acc5"], abs=1e-6)
+    assert two["test/loss"] == pytest.approx(one["test/loss"], rel=1e-5)
 
 
 # ------------------------------------------------------------------ compile and the fast-path switches
@@ -333,7 +357,7 @@ def test_fast_path_switches():
 def test_compiled_training_run_from_the_cli(workdir):
     from conftest import run_cli, run_dirs
 
-    result = run_cli(*TINY, "trainer.compile=true", cwd=workdir, timeout=900)
+    result = run_cli(*TINY, "compute.compile=true", cwd=workdir, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "torch.compile failed" not in result.stderr
     (run,) = run_dirs(workdir)
@@ -397,7 +421,7 @@ def test_bench_writes_its_report(tmp_path):
 
 
 def test_gpu_shared_launcher_preset(monkeypatch):
-    from attnexp.cli import compose as compose_with_hydra
+    from attnexp.config.compose import compose as compose_with_hydra
 
     cfg = compose_with_hydra(["hydra/launcher=gpu_shared"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
@@ -411,7 +435,7 @@ def test_gpu_shared_launcher_runs_a_sweep(workdir):
     """The preset runs jobs side by side (here 2 CPU jobs, each in its own loky process)."""
     from conftest import run_cli, run_dirs
 
-    result = run_cli("-m", "hydra/launcher=gpu_shared", *TINY, "trainer.num_threads=1", "seed=0,1", cwd=workdir,
+    result = run_cli("-m", "hydra/launcher=gpu_shared", *TINY, "compute.num_threads=1", "seed=0,1", cwd=workdir,
                      env={"ATTNEXP_JOBS_PER_GPU": "2"})  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     runs = [r for r in run_dirs(workdir) if (r / "metrics.json").is_file()]

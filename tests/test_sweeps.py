@@ -19,7 +19,8 @@ from conftest import REPO, TINY, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from attnexp import report, sweep
-from attnexp.cli import compose
+from attnexp.config.compose import compose
+from attnexp.launch import plan
 
 BASE = [o for o in TINY if not o.startswith("trainer.max_epochs")]  # tests that set the epochs themselves
 REPORT = Path(sys.executable).parent / "attnexp-report"
@@ -139,8 +140,8 @@ def test_a_failing_job_does_not_stop_the_others(tmp_path):
 def test_resume_skips_done_jobs_and_continues_the_others_from_last_ckpt(tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = [*BASE, "trainer.max_epochs=2", "seed=0,1"]
-    _, jobs = sweep.plan(args + [f"hydra.sweep.dir={sweep_dir}"], compose)
-    done, unfinished = (sweep_dir / job.dir for job, _ in jobs)
+    _, jobs = plan(args + [f"hydra.sweep.dir={sweep_dir}"])
+    done, unfinished = (sweep_dir / folder for _, folder, _ in jobs)
     # seed 0: finished earlier
     done.mkdir(parents=True)
     (done / "metrics.json").write_text(json.dumps({"status": "done", "best_acc1": 42.0}))
@@ -242,7 +243,6 @@ def test_launcher_configs_compose(monkeypatch):
         ("joblib", "JoblibLauncher"),
     ]:
         assert compose([f"hydra/launcher={name}"], return_hydra_config=True).hydra.launcher._target_.endswith(target)
-    assert "attnexp.sweep.SweepSummary" in str(compose([], return_hydra_config=True).hydra.callbacks)
 
 
 @pytest.mark.slow
@@ -262,7 +262,8 @@ def test_repo_ships_the_report_script():
 
 
 def test_long_job_names_fit_the_file_system():
-    from attnexp.cli import NAME_MAX, _job_dir
+    from attnexp.config.compose import NAME_MAX
+    from attnexp.config.compose import job_dir as _job_dir
 
     a, b = _job_dir("model.pretrained=/x/" + "a" * 300), _job_dir("model.pretrained=/x/" + "a" * 299 + "b")
     assert len(a.encode()) <= NAME_MAX and len(b.encode()) <= NAME_MAX and a != b
@@ -275,12 +276,20 @@ def test_one_bookkeeping_list_names_the_job_folders_and_groups_the_report(tmp_pa
     job's folder name nor in the report's grouping (attnexp/config/compose.py BOOKKEEPING_KEYS)."""
     from attnexp.config.compose import BOOKKEEPING_KEYS
 
-    noise = ["data.root=/data/cifar", "trainer.num_threads=1", "trainer.progress_bar=off", "data.num_workers=0"]
-    _, jobs = sweep.plan(["debug=tiny", "seqpool=x,softmax", *noise, f"hydra.sweep.dir={tmp_path}"], compose)
-    assert sorted(job.dir for job, _ in jobs) == ["debug=tiny,seqpool=softmax/seed_0", "debug=tiny,seqpool=x/seed_0"]
-    for job, _ in jobs:
-        assert report.group_key(job.overrides) == (("debug", "tiny"), ("seqpool", job.dir.split("seqpool=")[1][:-7]))
-    assert {"data.root", "trainer.num_threads", "seed"} <= set(BOOKKEEPING_KEYS)
+    noise = [
+        "data.root=/data/cifar",
+        "compute.num_threads=1",
+        "trainer.enable_progress_bar=false",
+        "data.num_workers=0",
+    ]
+    _, jobs = plan(["debug=tiny", "seqpool=x,softmax", *noise, f"hydra.sweep.dir={tmp_path}"])
+    assert sorted(folder for _, folder, _ in jobs) == [
+        "debug=tiny,seqpool=softmax/seed_0",
+        "debug=tiny,seqpool=x/seed_0",
+    ]
+    for overrides, folder, _ in jobs:
+        assert report.group_key(overrides) == (("debug", "tiny"), ("seqpool", folder.split("seqpool=")[1][:-7]))
+    assert {"data.root", "compute.num_threads", "seed"} <= set(BOOKKEEPING_KEYS)
 
 
 def hparam_columns(run_dir: Path) -> list[str]:
@@ -313,3 +322,27 @@ def test_a_dry_run_plans_on_a_machine_without_the_dataset(tmp_path, monkeypatch,
     warning = [line for line in out.err.splitlines() if line.startswith("attnexp: warning:")]
     assert len(warning) == 1 and "cifar-10-batches-py" in warning[0]  # said once, not per job
     assert not (tmp_path / "multirun").exists()
+
+
+def test_each_job_is_composed_once_in_the_cli_process(tmp_path, monkeypatch, capsys):
+    """A single run: one composition. A sweep: one for the sweep itself, then one per job (the plan
+    the checks, the folders and the dry run all read); launchers compose again in their workers."""
+    from attnexp import launch
+    from attnexp.cli import main
+
+    calls = []
+    real = launch.compose
+    monkeypatch.setattr(launch, "compose", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    monkeypatch.chdir(tmp_path)
+    main(["-m", "debug=tiny", "seqpool=x,softmax", "seed=0,1", "sweep.dry_run=true"])
+    assert "(4 jobs; nothing is run or written)" in capsys.readouterr().out
+    assert len(calls) == 1 + 4
+    calls.clear()
+    main(["debug=tiny", "mode=summary"])
+    assert len(calls) == 1
+
+
+def test_hydra_is_driven_through_its_public_api_only():
+    sources = {p: p.read_text() for p in (REPO / "attnexp").rglob("*.py")}
+    assert not [p for p, text in sources.items() if "_internal" in text]
+    assert "sys.argv =" not in sources[REPO / "attnexp" / "cli.py"]

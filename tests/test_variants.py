@@ -128,11 +128,10 @@ def test_linear_and_cosine_schedules_in_epochs_and_steps():
 
 
 def test_alpha_reaches_the_maps_each_step_and_is_logged(tmp_path):
-    from conftest import compose
+    from conftest import run_in
 
-    from attnexp.run import run_job
-
-    cfg = compose(
+    metrics = run_in(
+        tmp_path,
         "debug=tiny",
         "model=cct2",
         "attention=remix",
@@ -142,7 +141,6 @@ def test_alpha_reaches_the_maps_each_step_and_is_logged(tmp_path):
         "alpha.ramp_end=4",
         "trainer.limit_train_batches=3",
     )
-    metrics = run_job(cfg, str(tmp_path))
     assert metrics["status"] == "done"
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["alpha"] == pytest.approx(2 / 4)  # α at the last step (global step 2 of a 0→4 ramp)
@@ -155,10 +153,8 @@ def test_alpha_reaches_the_maps_each_step_and_is_logged(tmp_path):
 
 def test_alpha_continues_where_it_was_after_resume(tmp_path):
     """Stop after epoch 1, resume to epoch 2: α keeps following the schedule, not restarting."""
-    from conftest import compose
+    from conftest import run_in
     from tbparse import SummaryReader
-
-    from attnexp.run import run_job
 
     common = (
         "debug=tiny",
@@ -169,10 +165,10 @@ def test_alpha_continues_where_it_was_after_resume(tmp_path):
         "alpha.ramp_begin=0",
         "alpha.ramp_end=4",
     )
-    assert run_job(compose(*common, "trainer.max_epochs=1"), str(tmp_path))["status"] == "done"
+    assert run_in(tmp_path, *common, "trainer.max_epochs=1")["status"] == "done"
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=False)["alpha"] == pytest.approx(0.25)
-    metrics = run_job(compose(*common, "trainer.max_epochs=2", f"ckpt_path={last}"), str(tmp_path))
+    metrics = run_in(tmp_path, *common, "trainer.max_epochs=2", f"ckpt_path={last}")
     assert metrics["status"] == "done" and metrics["epochs"] == 2
     scalars = SummaryReader(str(tmp_path / "tb")).scalars
     alpha = scalars[scalars.tag == "alpha"].sort_values("step")

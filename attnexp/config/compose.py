@@ -8,7 +8,9 @@ carry the key, the value and the expected type as fields, which become one
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import os
 from importlib.resources import files
 from typing import Any
 
@@ -25,16 +27,38 @@ CONFIG_MODULE = "attnexp.conf"
 # (hydra.job.config.override_dirname.exclude_keys reads it) and attnexp-report's grouping.
 BOOKKEEPING_KEYS = (
     "seed", "ckpt_path", "experiment", "data.root", "data.num_workers", "data.download",
-    "trainer.num_threads", "trainer.progress_bar", "sweep.resume", "sweep.dry_run", "sweep.swept",
+    "paths.data_dir", "paths.output_dir", "compute.num_threads", "trainer.enable_progress_bar", "sweep.resume", "sweep.dry_run", "sweep.swept",
 )  # fmt: skip
-BOOKKEEPING_PREFIXES = ("hydra.", "hydra/", "sweep.")
+BOOKKEEPING_PREFIXES = ("hydra.", "hydra/", "sweep.", "paths.")
 
 
 def is_bookkeeping(key: str) -> bool:
     return key in BOOKKEEPING_KEYS or key.startswith(BOOKKEEPING_PREFIXES)
 
 
+NAME_MAX = 255  # bytes in one path component (Linux and macOS file systems)
+
+
+def job_dir(override_dirname: str) -> str:
+    """A sweep job's folder name from its overrides; path separators in values must not nest folders.
+    A name too long for the file system keeps its start and ends in a hash of the whole."""
+    name = override_dirname.replace("/", "_").replace(os.sep, "_") or "default"
+    if len(name.encode()) <= NAME_MAX:
+        return name
+    import hashlib
+
+    digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+    return name.encode()[: NAME_MAX - len(digest) - 1].decode(errors="ignore") + "~" + digest
+
+
+def first_set(*values):
+    """The first value that is not null (`multirun/<date>/<time>_<experiment or sweep>`)."""
+    return next((v for v in values if v is not None), None)
+
+
 OmegaConf.register_new_resolver("attnexp_bookkeeping", lambda: list(BOOKKEEPING_KEYS), replace=True)
+OmegaConf.register_new_resolver("attnexp_job_dir", job_dir, replace=True)
+OmegaConf.register_new_resolver("attnexp_first_set", first_set, replace=True)
 TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 
 
@@ -104,19 +128,49 @@ def config_error(exc: Exception) -> ConfigError:
 
 def split_hydra(cfg: DictConfig) -> tuple[DictConfig, dict]:
     """(the job's own config, without the hydra node; the group choices that made it)."""
+    from omegaconf import open_dict, read_write
+
     choices = dict(cfg.hydra.runtime.choices)
-    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), choices
+    body = copy.deepcopy(cfg)  # as Hydra hands a job its config: typed, without the hydra node
+    with read_write(body), open_dict(body):
+        del body["hydra"]
+    return body, choices
 
 
-def compose(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
-    """The config `attnexp <overrides>` runs with; ConfigError on a type, key or choice error."""
-    from hydra import compose as hydra_compose
+_loader = None  # the config loader of the attnexp.conf tree, made once per process
+
+
+def config_loader():
+    """Hydra's config loader for attnexp.conf (Hydra's public API), initialised once per process;
+    launchers get the same one, so a job is composed by the rule that planned it."""
+    global _loader
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    GlobalHydra.instance().clear()
+    hydra = GlobalHydra.instance()
+    if _loader is None or not hydra.is_initialized() or hydra.config_loader() is not _loader:
+        hydra.clear()
+        initialize_config_module(CONFIG_MODULE, version_base="1.3", job_name="attnexp")
+        _loader = hydra.config_loader()
+    return _loader
+
+
+def compose(overrides: list[str], return_hydra_config: bool = False, *, master: DictConfig | None = None) -> DictConfig:
+    """The config `attnexp <overrides>` runs with; ConfigError on a type, key or choice error.
+
+    The one composer of attnexp (CLI, API, bench, sweep plan, tests). With `master` (a sweep's
+    own config), `overrides` are one job's, composed as Hydra's launchers compose it. A `-m`
+    sweep's own config is composed with `hydra.mode=MULTIRUN` among the overrides.
+    """
+    from hydra.types import RunMode
+
+    loader = config_loader()
+    multirun = any(o.replace(" ", "") == "hydra.mode=MULTIRUN" for o in overrides)
     try:
-        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            return hydra_compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
+        if master is not None:
+            cfg = loader.load_sweep_config(master, list(overrides))
+        else:
+            cfg = loader.load_configuration("config", list(overrides), RunMode.MULTIRUN if multirun else RunMode.RUN)
     except Exception as exc:  # Hydra's composition errors come in several types, all user-facing
         raise config_error(exc) from None
+    return cfg if return_hydra_config else split_hydra(cfg)[0]

@@ -264,20 +264,49 @@ class StepLRSchema:
 
 @dataclass
 class TrainerSchema:
+    """pytorch_lightning.Trainer's arguments that attnexp exposes (tests/test_schemas.py checks each is one)."""
+
+    _target_: str = "pytorch_lightning.Trainer"
     accelerator: str = "auto"  # auto | cpu | gpu | cuda
     devices: Any = 1  # int or "auto"
     strategy: str = "auto"
-    precision: str = "auto"  # auto = bf16-mixed on GPU, 32 on CPU
+    precision: str = "auto"  # auto = bf16-mixed on GPU, 32-true on CPU
     max_epochs: int = 200
     deterministic: bool = False
     check_val_every_n_epoch: int = 1
     limit_train_batches: Optional[float] = None  # ≤ 1.0: fraction, > 1: batch count
     limit_val_batches: Optional[float] = None
-    gradient_clip_val: float = 0.0
-    num_threads: Optional[int] = None  # torch.set_num_threads on CPU; None = torch's default
+    limit_test_batches: Optional[float] = None
+    gradient_clip_val: Optional[float] = None
     log_every_n_steps: int = 50
-    progress_bar: str = "auto"  # auto (only on a terminal) | on | off
+    enable_progress_bar: Optional[bool] = None  # None: only on a terminal
+    enable_model_summary: bool = False
+    num_sanity_val_steps: int = 0
     detect_anomaly: bool = False
+    # filled by attnexp.run.make_trainer
+    INJECTED: ClassVar[tuple] = ("callbacks", "logger", "plugins", "default_root_dir", "benchmark")
+
+
+@dataclass
+class TensorBoardLoggerSchema:
+    _target_: str = "pytorch_lightning.loggers.TensorBoardLogger"
+    save_dir: str = "."
+    name: Optional[str] = "tb"
+    version: Optional[str] = ""
+    default_hp_metric: bool = False
+
+
+@dataclass
+class PathsSchema:
+    data_dir: str = "data"
+    output_dir: Optional[str] = None
+
+
+@dataclass
+class ComputeSchema:
+    """How this machine runs the job: attnexp's own knobs, not Lightning's."""
+
+    num_threads: Optional[int] = None  # torch.set_num_threads; None = torch's default
     compile: bool = False  # torch.compile the backbone
     matmul_precision: str = "high"
 
@@ -307,6 +336,9 @@ class RootSchema:
     optimizer: Any = None
     scheduler: Any = None
     trainer: Any = None
+    logger: Any = None
+    paths: Any = None
+    compute: ComputeSchema = field(default_factory=ComputeSchema)
     callbacks: Any = None
     # experiment=convnn_ablation: which of its lines (a key of convnn_lines) the attention keys read
     convnn_line: Optional[str] = None
@@ -334,6 +366,8 @@ SCHEMAS: dict[str, type] = {
     "scheduler/warmup_cosine": WarmupCosineSchema,
     "scheduler/step_lr": StepLRSchema,
     "trainer/trainer": TrainerSchema,
+    "logger/tensorboard": TensorBoardLoggerSchema,
+    "paths/paths": PathsSchema,
 }
 
 

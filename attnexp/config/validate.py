@@ -8,7 +8,7 @@ left here ties two objects, or the job, together:
 - groups that only some models read: a SeqPool choice on a model without
   SeqPool, an attention choice on a model without attention, would otherwise be
   silently ignored;
-- the trainer node, which is no constructor's (yet): its choices.
+- the trainer's accelerator, which attnexp resolves before Lightning sees it, and epoch counts ≥ 1.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from omegaconf.errors import OmegaConfBaseException
 from attnexp.errors import ConfigError
 
 MODES = ("train", "eval", "summary")
-PRECISIONS = ("auto", "32", "32-true", "64", "64-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true")
-PROGRESS_BARS = ("auto", "on", "off")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 
 Rule = Callable[[DictConfig, dict], None]
@@ -81,8 +79,8 @@ def _trainer(cfg, choices):
     t = cfg.get("trainer")
     if not isinstance(t, DictConfig):
         return
-    for key, allowed in (("precision", PRECISIONS), ("progress_bar", PROGRESS_BARS), ("accelerator", ACCELERATORS)):
-        _need(t[key] in allowed, f"trainer.{key}", t[key], f"one of {', '.join(allowed)}")
+    # attnexp resolves the accelerator itself (the GPU when present); Lightning checks the rest
+    _need(t.accelerator in ACCELERATORS, "trainer.accelerator", t.accelerator, f"one of {', '.join(ACCELERATORS)}")
     for key in ("max_epochs", "check_val_every_n_epoch", "log_every_n_steps"):
         _need(t[key] >= 1, f"trainer.{key}", t[key], "must be ≥ 1")
 

@@ -79,7 +79,9 @@ class TensorLoader:
         self._order: tuple[int | None, torch.Tensor | None] = (None, None)
 
     def samples_per_rank(self) -> int:
-        return math.ceil(len(self.split) / self.world_size)
+        """Training: every rank the same count (padded); evaluation: this rank's share, unpadded."""
+        n = len(self.split)
+        return math.ceil(n / self.world_size) if self.shuffle else len(range(self.rank, n, self.world_size))
 
     def __len__(self) -> int:
         return math.ceil(self.samples_per_rank() / self.batch_size)
@@ -96,7 +98,10 @@ class TensorLoader:
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(self.seed, epoch)))
         else:
             perm = torch.arange(n)
-        if self.world_size > 1:  # pad by wrapping so every rank gets the same count, like DistributedSampler
+        if self.world_size > 1 and self.shuffle:
+            # training: pad by wrapping so every rank takes the same number of steps (DDP syncs
+            # gradients each step), like DistributedSampler. Evaluation is not padded: each image
+            # counts once, and the metrics sum counts over ranks, so top-1 equals one process's.
             total = self.samples_per_rank() * self.world_size
             perm = torch.cat([perm, perm[: total - n]])
         return perm[self.rank :: self.world_size].to(self.split.images.device)
