@@ -74,7 +74,7 @@ def hydra_flags() -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     # the command as typed, for provenance (jobs in other processes inherit it)
-    os.environ.setdefault("ATTNEXP_COMMAND", " ".join(["attnexp"] + argv))
+    os.environ["ATTNEXP_COMMAND"] = " ".join(["attnexp"] + argv)
     flags, overrides = _split(argv)
     if any(f.split("=", 1)[0] in HYDRA_FLAGS for f in flags):
         if argv != sys.argv[1:]:
