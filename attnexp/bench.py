@@ -229,7 +229,7 @@ def bench_path(model_name, attention, args, device, data_overrides) -> dict:
                 cfg.paths.output_dir = f"{root}/{repeat}"
             clock = step_clock(args.warmup, device)
             recorder = RunRecorder(RunRecord(cfg.paths.output_dir))
-            trainer = make_trainer(cfg, [recorder, clock], make_logger(cfg))
+            trainer = make_trainer(cfg, [recorder, clock], make_logger(cfg), cfg.paths.output_dir)
             trainer.fit(module, datamodule=datamodule)
             lightning.append(clock.seconds_per_step())
             bare.append(_bare_loop(module, datamodule, cfg, args.warmup, args.path_steps, device))

@@ -111,6 +111,7 @@ class ClassifierModule(pl.LightningModule):
         optimizer: Callable,
         scheduler: Callable | None = None,
         label_smoothing: float = 0.0,
+        eval_label_smoothing: float = 0.0,
         alpha: AlphaSchedule | None = None,
         run_config: dict | None = None,
         nonfinite_every: int = 1,
@@ -122,6 +123,7 @@ class ClassifierModule(pl.LightningModule):
         self.epoch_rates = EpochRates(scheduler) if scheduler is not None else None
         self.base_lrs: list[float] = []  # each param group's rate from the config
         self.label_smoothing = label_smoothing
+        self.eval_label_smoothing = eval_label_smoothing  # the official script smooths its test loss too
         self.alpha_schedule = alpha
         self.alpha_maps = scheduled_maps(model)
         self.alpha_value: float | None = None
@@ -174,7 +176,7 @@ class ClassifierModule(pl.LightningModule):
     def _shared_step(self, batch, stage: str) -> torch.Tensor:
         images, labels = batch
         logits = self(images)
-        smoothing = self.label_smoothing if stage == "train" else 0.0
+        smoothing = self.label_smoothing if stage == "train" else self.eval_label_smoothing
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
         self.epoch_metrics[f"{stage}_metrics"].update(loss, logits, labels)
         return loss

@@ -251,6 +251,29 @@ def baselines_for(groups: list[Group], spec: dict[str, str]) -> dict[int, Group 
     return chosen
 
 
+def numerics_of(run: Run) -> tuple[str, str | None]:
+    """(recipe, precision) a run recorded; runs from before the record count as the default recipe."""
+    return run.metrics.get("recipe") or "fast", (run.metrics.get("numerics") or {}).get("precision")
+
+
+def check_recipes(runs: list[Run], mix: bool) -> None:
+    """Runs of different recipes or precisions differ by more than their variant: refuse to compare
+    them unless asked to (--mix-recipes)."""
+    kinds: dict[tuple, int] = {}
+    for r in runs:
+        if r.status == "done":
+            kinds[numerics_of(r)] = kinds.get(numerics_of(r), 0) + 1
+    known = {k for k in kinds if k[1] is not None}
+    recipes = {k[0] for k in kinds}
+    if mix or (len(recipes) <= 1 and len(known) <= 1):
+        return
+    seen = ", ".join(f"recipe={k[0]} precision={k[1] or '?'}: {n} runs" for k, n in sorted(kinds.items(), key=str))
+    raise ReportError(
+        f"these runs mix recipes or precisions ({seen}): a difference could come from that, not from the "
+        "variant; report them apart, or pass --mix-recipes"
+    )
+
+
 # ---------------------------------------------------------------- anchors
 
 
@@ -281,15 +304,33 @@ def shipped_anchors() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def published(anchors: dict | None, group: Group) -> str:
+def mismatch(run: Run, where: dict) -> str | None:
+    """Why `run` is not the setting a published number was measured in (None: it is)."""
+    for key, wanted in (where or {}).items():
+        have = run.value(key)
+        if have is None or str(have) != str(wanted):
+            return f"{key}={have} (published: {wanted})"
+    return None
+
+
+def published(anchors: dict | None, group: Group) -> tuple[str, list[str]]:
+    """(the published numbers for this group's setting, why the others of its key were left out).
+    A number sits beside a group only when the group's runs match the file's `where:` (model,
+    dataset, epochs, recipe family...) and the entry's own `where:` (e.g. its dataset)."""
     if not anchors:
-        return ""
-    entries = anchors["published"].get(group.first().value(anchors["key"])) or []
-    out = []
+        return "", []
+    run = group.first()
+    entries = anchors["published"].get(run.value(anchors["key"])) or []
+    out, left_out = [], []
     for e in entries:
         number = f"{e['best']:.2f}" + (f" / {e['final']:.2f}" if e.get("final") is not None else "")
-        out.append(number + (f" ({e['source']})" if e.get("source") else ""))
-    return "; ".join(out)
+        number += f" ({e['source']})" if e.get("source") else ""
+        why = mismatch(run, anchors.get("where")) or mismatch(run, e.get("where"))
+        if why:
+            left_out.append(f"{number} not beside {group.label}: {why}")
+        else:
+            out.append(number)
+    return "; ".join(out), left_out
 
 
 # ---------------------------------------------------------------- the table
@@ -336,7 +377,7 @@ def table_rows(groups: list[Group], metric: str, baselines: dict, anchors: dict 
             d = welch_interval(g.values(which, metric), base.values(which, metric))
             row |= {f"d_{which}": d[0], f"d_{which}_low": d[1], f"d_{which}_high": d[2]}
             row[f"verdict_{which}"] = verdict(d[1], d[2], higher_is_better)
-        row["published"] = published(anchors, g)
+        row["published"], row["_left_out"] = published(anchors, g)
         row["_best"], row["_final"] = best, final
         rows.append(row)
     return rows
@@ -396,6 +437,9 @@ def render(
         )
     if anchors:
         notes.append(f"published: {anchors.get('setting', 'reported numbers')} (from the anchors file).")
+        left_out = [why for r in rows for why in r["_left_out"]]
+        if left_out:
+            notes.append("published numbers left out (another setting): " + "; ".join(left_out) + ".")
     out += [f"- {n}" for n in notes] + [""]
     out.append(
         markdown_table(header, lines, right={1, 2, 4, 7, 8}) if lines else f"(no finished run logged `{metric}`)"
@@ -585,6 +629,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--anchors", metavar="FILE", help="published numbers (YAML), or a shipped name: " + ", ".join(shipped_anchors())
     )
+    p.add_argument(
+        "--mix-recipes",
+        action="store_true",
+        help="compare runs of different recipes or precisions anyway (refused by default)",
+    )
     p.add_argument("--x", metavar="KEY", help="a numeric choice (e.g. alpha.value): draw trend.png against it")
     p.add_argument(
         "--table", choices=["seed003"], help="print a fixed-format table instead (seed003: Model Type | Dataset | ...)"
@@ -618,6 +667,7 @@ def report(args: argparse.Namespace) -> int:
         print(text, end="")
         return 0
 
+    check_recipes(runs, args.mix_recipes)
     groups = make_groups(runs, args.metric)
     baselines = baselines_for(groups, spec)
     if spec and groups and not any(b is not None for b in baselines.values()):

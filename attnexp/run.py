@@ -129,9 +129,10 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")  # epoch metrics are ours
 
 
-def make_trainer(cfg: DictConfig, callbacks: list, logger) -> pl.Trainer:
+def make_trainer(cfg: DictConfig, callbacks: list, logger, root_dir: str | None = None) -> pl.Trainer:
     """Lightning's Trainer from the trainer node (hydra.utils.instantiate); attnexp fills what
-    depends on the machine (auto accelerator, precision and progress bar) and its own parts."""
+    depends on the machine (auto accelerator, precision and progress bar) and its own parts.
+    `root_dir`: the run's folder (None for the start-up check, which writes nothing)."""
     quiet_lightning()
     t = cfg.trainer
     on_gpu = _on_gpu(cfg)
@@ -145,9 +146,18 @@ def make_trainer(cfg: DictConfig, callbacks: list, logger) -> pl.Trainer:
         enable_progress_bar=progress,
         callbacks=callbacks + extra,
         logger=logger,
-        default_root_dir=cfg.paths.output_dir,
+        default_root_dir=root_dir,
         plugins=[AtomicCheckpointIO()],
     )
+
+
+def numerics(trainer: pl.Trainer) -> dict:
+    """What decides the arithmetic of a run (recorded: recipes compare only like with like)."""
+    return {
+        "precision": str(trainer.precision),
+        "matmul_precision": torch.get_float32_matmul_precision(),
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+    }
 
 
 def make_logger(cfg: DictConfig):
@@ -205,6 +215,7 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, run_config: dict | Non
         optimizer=make_optimizer(cfg, on_gpu),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         label_smoothing=cfg.label_smoothing,
+        eval_label_smoothing=cfg.label_smoothing if cfg.recipe.smooth_eval_loss else 0.0,
         alpha=build_alpha(cfg),
         run_config=run_config,
         nonfinite_every=cfg.trainer.log_every_n_steps if on_gpu else 1,
@@ -228,15 +239,6 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict:
     run_config = OmegaConf.to_container(cfg, resolve=True)
     module = build_module(cfg, model, run_config)
     choices = _choices()
-    record.update(
-        status="running",
-        run_dir=str(run_dir),
-        params=params,
-        choices=choices or resumed.get("choices", {}),
-        device=device_name(on_gpu),
-        threads=torch.get_num_threads(),  # on the CPU a result depends on it (README)
-        **provenance(run_dir),
-    )
     ckpt_dir = Path(run_dir) / "checkpoints"
     recorder = RunRecorder(record, history=resumed.get("history"))
     stopper = GracefulStop(str(ckpt_dir / "last.ckpt"))
@@ -245,7 +247,19 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict:
     )
     logger = make_logger(cfg)
     rates = [LearningRateMonitor(logging_interval="epoch")] if logger else []
-    trainer = make_trainer(cfg, [recorder, stopper, checkpoint, *rates], logger)
+    trainer = make_trainer(cfg, [recorder, stopper, checkpoint, *rates], logger, run_dir)
+
+    record.update(
+        status="running",
+        run_dir=str(run_dir),
+        params=params,
+        choices=choices or resumed.get("choices", {}),
+        device=device_name(on_gpu),
+        threads=torch.get_num_threads(),  # on the CPU a result depends on it (README)
+        recipe=cfg.recipe.name,
+        numerics=numerics(trainer),
+        **provenance(run_dir),
+    )
 
     fit_history: list = []
 
@@ -257,7 +271,7 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict:
         if trainer.is_global_zero and best is not None and logger:
             logger.log_hyperparams(
                 run_hparams(choices or resumed.get("choices", {}), _task_overrides(), list(cfg.sweep.swept))
-                | {"params": params, "threads": torch.get_num_threads()},
+                | {"params": params, "threads": torch.get_num_threads(), "precision": str(trainer.precision)},
                 {"hp/best_acc1": best, "hp/final_acc1": final},
             )
             logger.finalize(status)
@@ -327,7 +341,7 @@ def evaluate(cfg: DictConfig, record: RunRecord | None = None) -> dict:
     module = ClassifierModule(model, optimizer=instantiate(cfg.optimizer))
     if ckpt.get("alpha") is not None:
         module.set_alpha(ckpt["alpha"])
-    trainer = make_trainer(cfg, [], make_logger(cfg))
+    trainer = make_trainer(cfg, [], make_logger(cfg), cfg.paths.output_dir)
     results = trainer.test(module, datamodule=build_data(cfg), verbose=False)[0]
     metrics = {k.replace("/", "_"): float(v) for k, v in results.items()}
     print(f"test top-1: {metrics['test_acc1']:.2f}, top-5: {metrics['test_acc5']:.2f}")

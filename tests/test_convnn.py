@@ -345,7 +345,7 @@ def ablation():
 def test_ablation_lines_are_swept_and_kqv_is_the_default_layer():
     cfg = ablation()
     swept = cfg["hydra"]["sweeper"]["params"]["convnn_line"].split(",")
-    assert swept == list(cfg["convnn_lines"]) and len(swept) == 16
+    assert swept == list(cfg["convnn_lines"]) and len(swept) == 17
     plain = compose("attention=convnn").attention
     line = compose("experiment=convnn_ablation", "convnn_line=kqv").attention
     assert {k: line[k] for k in plain} == dict(plain)
@@ -447,6 +447,10 @@ def test_ablation_report_lists_every_line_beside_the_log(ablation_sweep, tmp_pat
     }
     lines = ablation()["hydra"]["sweeper"]["params"]["convnn_line"].split(",")
     assert sorted(rows) == sorted(f"convnn_line={line}" for line in lines)
+    # a 1-epoch smoke run on fake data is not the log's setting: every published number is left
+    # out of the rows, and the notes say why
     anchors = yaml.safe_load((REPO / "conf" / "anchors" / "convnn.yaml").read_text())["published"]
+    text = (out / "report.md").read_text()
     for line, entries in anchors.items():
-        assert f"{entries[0]['best']:.2f}" in rows[f"convnn_line={line}"], line
+        assert f"{entries[0]['best']:.2f}" not in rows[f"convnn_line={line}"], line
+        assert f"not beside convnn_line={line}" in text and "data=fake (published: cifar10)" in text, line

@@ -50,6 +50,11 @@ def test_attention_rfp_with_attention_stats(workdir):
     assert 0 < values["attention/layer1/fv_min"] <= values["attention/layer1/fv_max"] < 1
     assert values["attention/layer1/v_min"] < 0 < values["attention/layer1/v_max"]
     assert 0 < values["attention/layer1/attn_entropy"] <= torch.log(torch.tensor(64.0)).item() + 1e-4
+    # SeqPool (seqpool=x: f(x) = x) and the entropy of its weights over cct2's 64 tokens
+    pool = {t: v for t, v in zip(scalars.tag, scalars.value) if t.startswith("seqpool/")}
+    assert pool["seqpool/x_min"] <= pool["seqpool/x_mean"] <= pool["seqpool/x_max"]
+    assert [pool[f"seqpool/fx_{s}"] for s in ("min", "mean", "max")] == [pool[f"seqpool/x_{s}"] for s in ("min", "mean", "max")]
+    assert 0 < pool["seqpool/weight_entropy"] <= torch.log(torch.tensor(64.0)).item() + 1e-4
 
 
 @pytest.mark.parametrize("preset,swept", [("alpha_grid", "seqpool"), ("alpha_grid_attention", "attention")])

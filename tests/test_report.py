@@ -196,9 +196,17 @@ def test_partial_sweep_lists_unfinished_jobs(sweep, tmp_path):
         assert f"| {status} |" in line and reason in line
 
 
-def test_anchors_column_from_the_shipped_seed000_file(sweep, tmp_path):
+SEED000_SETTING = {"model": "cct2", "data": "cifar10", "optimizer": "adamw", "scheduler": "warmup_cosine"}
+
+
+def test_anchors_column_from_the_shipped_seed000_file(tmp_path):
+    root = tmp_path / "sweep"
+    for seqpool, seeds in CURVES.items():
+        for seed, accs in seeds.items():
+            make_run(root, [f"seqpool={seqpool}"], seed, accs, choices=SEED000_SETTING,
+                     config={"trainer": {"max_epochs": 200}})  # fmt: skip
     out = tmp_path / "out"
-    assert report.main([str(sweep), "--baseline", "seqpool=x", "--anchors", "seed000", "--out", str(out)]) == 0
+    assert report.main([str(root), "--baseline", "seqpool=x", "--anchors", "seed000", "--out", str(out)]) == 0
     rows = read_csv(out / "report.csv")
     assert rows["seqpool=x"]["published"] == "88.34 / 88.34 (seed 000); 89.17 (official README)"
     assert rows["seqpool=softmax"]["published"] == "87.10 / 86.99 (seed 000)"
@@ -216,6 +224,35 @@ def test_anchors_column_from_the_shipped_seed000_file(sweep, tmp_path):
         "softmax_plus_x": 88.49,
         "x_minus_softmax": 88.20,
     }
+
+
+def test_anchors_sit_only_beside_runs_of_their_setting(sweep, tmp_path, capsys):
+    """Fake-data, 3-epoch runs get no CIFAR-10 200-epoch number, and the report says why."""
+    out = tmp_path / "out"
+    assert report.main([str(sweep), "--anchors", "seed000", "--out", str(out)]) == 0
+    rows = read_csv(out / "report.csv")
+    assert all(row["published"] == "" for row in rows.values())
+    text = (out / "report.md").read_text()
+    assert "88.34 / 88.34 (seed 000) not beside data=fake,seqpool=x: data=fake (published: cifar10)" in text
+
+
+def test_runs_of_different_recipes_are_not_compared_unless_asked(tmp_path, capsys):
+    root = tmp_path / "mixed"
+    make_run(root, ["seqpool=x"], 0, [60.0], metrics={"recipe": "fast", "numerics": {"precision": "bf16-mixed"}})
+    make_run(root, ["seqpool=softmax"], 0, [61.0], metrics={"recipe": "official", "numerics": {"precision": "32-true"}})
+    assert report.main([str(root), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "mix recipes or precisions" in err and "recipe=official precision=32-true: 1 runs" in err
+    assert report.main([str(root), "--out", str(tmp_path / "b"), "--mix-recipes"]) == 0
+    # precision alone differs too (fast on a GPU vs fast on the CPU); a run without a record is `fast`
+    root2 = tmp_path / "precision"
+    make_run(root2, ["seqpool=x"], 0, [60.0], metrics={"recipe": "fast", "numerics": {"precision": "bf16-mixed"}})
+    make_run(root2, ["seqpool=x"], 1, [60.0], metrics={"numerics": {"precision": "32-true"}})
+    assert report.main([str(root2), "--out", str(tmp_path / "c")]) == 2
+    root3 = tmp_path / "old"
+    make_run(root3, ["seqpool=x"], 0, [60.0], metrics={"recipe": "fast", "numerics": {"precision": "32-true"}})
+    make_run(root3, ["seqpool=x"], 1, [60.0])  # from before the record: the default recipe
+    assert report.main([str(root3), "--out", str(tmp_path / "d")]) == 0
 
 
 def test_trend_against_a_numeric_choice(tmp_path):

@@ -264,9 +264,8 @@ def test_ddp_ranks_train_on_disjoint_shards(tmp_path):
         "trainer.limit_val_batches=0",
         "compute.num_threads=1",
     )
-    cfg.paths.output_dir = str(tmp_path)
     module = ClassifierModule(build_model(cfg), optimizer=instantiate(cfg.optimizer))
-    trainer = make_trainer(cfg, [SeenSamples(str(tmp_path))], logger=False)
+    trainer = make_trainer(cfg, [SeenSamples(str(tmp_path))], logger=False, root_dir=str(tmp_path))
     trainer.fit(module, datamodule=build_data(cfg))
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -294,7 +293,6 @@ def test_ddp_ranks_score_the_test_split_as_one_process_does(tmp_path):
 
     def test_metrics(*overrides: str) -> dict:
         cfg = compose(*TINY, "data.test_size=33", "data.eval_batch_size=8", "compute.num_threads=1", *overrides)
-        cfg.paths.output_dir = str(tmp_path)
         torch.manual_seed(0)
         module = ClassifierModule(build_model(cfg), optimizer=instantiate(cfg.optimizer))
         return make_trainer(cfg, [], logger=False).test(module, datamodule=build_data(cfg), verbose=False)[0]

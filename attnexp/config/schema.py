@@ -312,6 +312,15 @@ class ComputeSchema:
 
 
 @dataclass
+class RecipeSchema:
+    """recipe=fast|official: what the two recipes set beyond other groups' keys (conf/recipe/)."""
+
+    name: str = "fast"
+    autoaugment: str = "cifar10"  # data.augment.autoaugment of the CIFAR configs
+    smooth_eval_loss: bool = False  # label smoothing on the evaluation loss too (official script)
+
+
+@dataclass
 class SweepSchema:
     resume: bool = False
     dry_run: bool = False
@@ -339,6 +348,7 @@ class RootSchema:
     logger: Any = None
     paths: Any = None
     compute: ComputeSchema = field(default_factory=ComputeSchema)
+    recipe: RecipeSchema = field(default_factory=RecipeSchema)
     callbacks: Any = None
     # experiment=convnn_ablation: which of its lines (a key of convnn_lines) the attention keys read
     convnn_line: Optional[str] = None

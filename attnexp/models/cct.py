@@ -69,6 +69,7 @@ class TransformerClassifier(nn.Module):
         for name, rate in (("dropout", dropout), ("attn_drop", attn_drop), ("drop_path", drop_path)):
             require_rate(name, rate)
         self.seq_pool = pooling == "seqpool"
+        self.seqpool_stats: dict | None = None  # a dict while the attention_stats callback collects
         if self.seq_pool:
             self.attention_pool = nn.Linear(dim, 1)
             self.seqpool_value = seqpool_value if seqpool_value is not None else Identity()
@@ -102,7 +103,21 @@ class TransformerClassifier(nn.Module):
             return x[:, 0]
         # w: (B, N, 1) softmax over tokens; pooled = wᵀ · f(x)
         w = F.softmax(self.attention_pool(x), dim=1)
-        return (w.transpose(-1, -2) @ self.seqpool_value(x)).squeeze(-2)
+        fx = self.seqpool_value(x)
+        if self.seqpool_stats is not None:
+            self._record_seqpool(x, fx, w)
+        return (w.transpose(-1, -2) @ fx).squeeze(-2)
+
+    @torch.no_grad()
+    def _record_seqpool(self, x: torch.Tensor, fx: torch.Tensor, w: torch.Tensor) -> None:
+        """What seed 000 printed for its SeqPool lines: the range and mean of x and of f(x), and the
+        entropy of SeqPool's weights over the tokens (log N: uniform; 0: one token)."""
+        w = w.float().squeeze(-1)
+        entropy = -(w * w.clamp_min(1e-12).log()).sum(-1).mean()
+        self.seqpool_stats.update(
+            x_min=x.min(), x_max=x.max(), x_mean=x.float().mean(),
+            fx_min=fx.min(), fx_max=fx.max(), fx_mean=fx.float().mean(), weight_entropy=entropy,
+        )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(self.forward_features(x)))

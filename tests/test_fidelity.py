@@ -1,0 +1,116 @@
+"""The official recipe, element by element (docs/fidelity.md names these tests row by row).
+
+Official values are written here as the official script states them
+(SHI-Labs/Compact-Transformers examples/main.py and src/); nothing here calls
+the official code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import TINY, compose, run_in
+
+import attnexp
+
+CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
+
+
+def test_official_recipe_is_one_switch():
+    """recipe=official: no autocast, matmuls at "highest", the official policy, eval batch 128,
+    best on test, the evaluation loss smoothed too. recipe=fast differs only in those."""
+    fast, official = compose("model=cct2"), compose("model=cct2", "recipe=official")
+    assert (official.trainer.precision, official.compute.matmul_precision) == ("32-true", "highest")
+    assert (fast.trainer.precision, fast.compute.matmul_precision) == ("auto", "high")
+    assert (official.data.augment.autoaugment, fast.data.augment.autoaugment) == ("official", "cifar10")
+    assert official.data.eval_batch_size == fast.data.eval_batch_size == 128 == official.data.batch_size
+    assert official.data.val_split == 0.0  # "best" = best test top-1 over the epochs, as the script prints
+    assert (official.recipe.smooth_eval_loss, fast.recipe.smooth_eval_loss) == (True, False)
+    changed = {k for k in ("trainer", "compute", "recipe", "data") if official[k] != fast[k]}
+    assert changed == {"trainer", "compute", "recipe", "data"}
+    for key in ("optimizer", "scheduler", "model", "label_smoothing", "seed"):
+        assert official[key] == fast[key], key
+
+
+def test_optimizer_is_adamw_with_torch_defaults_on_every_parameter():
+    from hydra.utils import instantiate
+
+    from attnexp.module import ClassifierModule
+
+    cfg = compose("model=cct2")
+    module = ClassifierModule(attnexp.build_model(["model=cct2"]), optimizer=instantiate(cfg.optimizer))
+    optimizer = module.configure_optimizers()
+    assert type(optimizer) is torch.optim.AdamW
+    (group,) = optimizer.param_groups  # weight decay on all parameters (norms and biases too)
+    assert (group["lr"], group["weight_decay"], group["betas"], group["eps"]) == (5e-4, 3e-2, (0.9, 0.999), 1e-8)
+    assert sum(p.numel() for p in group["params"]) == sum(p.numel() for p in module.model.parameters())
+
+
+@pytest.mark.parametrize("recipe,eval_smoothing", [("fast", 0.0), ("official", 0.1)])
+def test_label_smoothing_on_the_train_loss_and_on_the_eval_loss_by_recipe(recipe, eval_smoothing):
+    from attnexp.run import build_module
+
+    cfg = compose("model=cct2", "data=fake", f"recipe={recipe}")
+    module = build_module(cfg, attnexp.build_model(["model=cct2", "data=fake"]))
+    logits, labels = torch.randn(6, 10), torch.arange(6)
+    module.model = lambda x: logits  # the loss alone, on known logits
+    for stage, smoothing in (("train", 0.1), ("val", eval_smoothing)):
+        loss = module._shared_step((torch.zeros(6, 3, 32, 32), labels), stage)
+        log_p = logits.log_softmax(-1)
+        expected = -((1 - smoothing) * log_p[range(6), labels] + smoothing * log_p.mean(-1)).mean()
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-6), stage
+
+
+def test_data_pipeline_constants():
+    """Crop 32 with zero padding 4, flip with p 0.5, CIFAR mean/std, batch 128 both ways, 200 epochs, warmup 5."""
+    cfg = compose("model=cct2")
+    assert (cfg.data.augment.padding, cfg.data.augment.flip) == (4, True)
+    assert list(cfg.data.mean) == CIFAR_MEAN and list(cfg.data.std) == CIFAR_STD
+    assert (cfg.data.batch_size, cfg.data.eval_batch_size) == (128, 128)
+    assert (cfg.trainer.max_epochs, cfg.scheduler.warmup_epochs, cfg.label_smoothing) == (200, 5, 0.1)
+    from attnexp.data.augment import random_crop
+
+    g = torch.Generator().manual_seed(0)
+    ones = torch.full((64, 3, 32, 32), 255, dtype=torch.uint8)
+    cropped = random_crop(ones, 4, g)
+    assert cropped.shape == ones.shape and set(cropped.unique().tolist()) <= {0, 255}  # the border is 0
+    from attnexp.data.augment import BatchAugment
+
+    ramp = torch.arange(32, dtype=torch.uint8).expand(2000, 3, 32, 32).contiguous()  # left ≠ right
+    out = BatchAugment(None, padding=0, flip=True)(ramp, torch.Generator().manual_seed(1))
+    flipped = (out == ramp.flip(-1)).flatten(1).all(1).double().mean().item()
+    assert abs(flipped - 0.5) < 5 * math.sqrt(0.25 / 2000)  # p = 0.5, within 5 standard errors
+
+
+def test_initialisation_drop_path_and_positional_table_follow_the_official_model():
+    """Linear: trunc-normal std 0.02, zero bias; LayerNorm 1/0; tokenizer convs Kaiming-normal;
+    the learnable positional table trunc-normal std 0.2; drop-path rates linspace(0, 0.1, depth)."""
+    torch.manual_seed(0)
+    model = attnexp.build_model(["model=cct7"])
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    weights = torch.cat([m.weight.flatten() for m in linears])
+    assert weights.std().item() == pytest.approx(0.02 * 0.8796, rel=0.02)  # trunc at ±2σ shrinks σ by 0.8796
+    assert weights.abs().max().item() <= 0.04 + 1e-6
+    assert all(m.bias is None or not m.bias.any() for m in linears)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert all(m.weight.eq(1).all() and not m.bias.any() for m in norms)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    fan_in = conv.weight[0].numel()
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.1)  # kaiming_normal_
+    table = model.classifier.positional_emb
+    assert table.requires_grad and table.std().item() == pytest.approx(0.2 * 0.8796, rel=0.05)
+    rates = [block.drop_path.p for block in model.classifier.blocks]
+    assert rates == pytest.approx(torch.linspace(0, 0.1, 7).tolist())
+
+
+def test_a_few_steps_with_the_official_recipe_record_it(tmp_path):
+    """recipe=official trains on the CPU; metrics.json records the recipe and its numerics."""
+    metrics = run_in(tmp_path, "recipe=official", *TINY, "model=cct2")
+    assert metrics["status"] == "done" and metrics["recipe"] == "official"
+    assert metrics["numerics"]["precision"] == "32-true"
+    assert metrics["numerics"]["matmul_precision"] == "highest"
+    assert json.loads((tmp_path / "metrics.json").read_text())["numerics"] == metrics["numerics"]
+
