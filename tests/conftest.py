@@ -66,6 +66,30 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None
     return subprocess.run([str(ATTNEXP), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def attnexp_main(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`attnexp <args>` in this process (attnexp.cli.main): what run_cli checks, without paying
+    the torch + Lightning import of a new process (tens of seconds on a slow 2-core machine)."""
+    import contextlib
+    import io
+
+    from attnexp.cli import main
+
+    import torch
+
+    out, err, here, threads = io.StringIO(), io.StringIO(), os.getcwd(), torch.get_num_threads()
+    code = 0
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main(list(args))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.chdir(here)
+        torch.set_num_threads(threads)  # compute.num_threads applies to the whole process
+    return subprocess.CompletedProcess(["attnexp", *args], code, out.getvalue(), err.getvalue())
+
+
 def run_dirs(root: Path) -> list[Path]:
     """Every run folder (one holding metrics.json or .hydra) below root."""
     return sorted({p.parent for p in root.rglob("metrics.json")} | {p.parent for p in root.rglob(".hydra")})

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REFERENCE, TINY, needs_shared, run_cli, run_dirs, run_in
+from conftest import REFERENCE, TINY, attnexp_main, needs_shared, run_cli, run_dirs, run_in
 from test_official_models import PRESETS
 
 import attnexp
@@ -60,7 +60,7 @@ def test_config_errors_do_not_import_torch():
 @needs_shared
 def test_summary_prints_the_parameter_count_of_every_preset(workdir):
     reference = json.loads(REFERENCE.read_text())["models"]
-    proc = run_cli("-m", "mode=summary", f"model={','.join(PRESETS)}", cwd=workdir)
+    proc = attnexp_main("-m", "mode=summary", f"model={','.join(PRESETS)}", cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-2000:]
     printed = dict(re.findall(r"^(\w+): ([\d,]+) trainable parameters", proc.stdout, re.M))
     assert {k: int(v.replace(",", "")) for k, v in printed.items()} == {
@@ -119,7 +119,7 @@ def test_a_run_leaves_config_events_checkpoints_and_metrics(workdir):
     # the checkpoint carries its config: eval (its data too: data=fake is not repeated) and
     # load_run rebuild the model from it alone
     ckpt = run_dir / "checkpoints" / "best.ckpt"
-    ev = run_cli("mode=eval", f"ckpt_path={ckpt}", cwd=workdir)
+    ev = attnexp_main("mode=eval", f"ckpt_path={ckpt}", cwd=workdir)
     assert ev.returncode == 0, ev.stderr[-2000:]
     eval_dir = [d for d in run_dirs(workdir / "outputs") if d != run_dir][0]
     evm = json.loads((eval_dir / "metrics.json").read_text())

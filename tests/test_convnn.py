@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 import yaml
-from conftest import ATTNEXP, REPO, check, compose, run_cli
+from conftest import ATTNEXP, REPO, attnexp_main, check, compose
 
 import attnexp
 from attnexp.errors import ConfigError
@@ -403,7 +403,7 @@ SMOKE = [
 @pytest.fixture(scope="module")
 def ablation_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("convnn_ablation")
-    proc = run_cli("-m", "experiment=convnn_ablation", *SMOKE, "hydra.sweep.dir=sweep", cwd=root, timeout=600)
+    proc = attnexp_main("-m", "experiment=convnn_ablation", *SMOKE, "hydra.sweep.dir=sweep", cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     yield root / "sweep"
     shutil.rmtree(root, ignore_errors=True)

@@ -113,4 +113,3 @@ def test_a_few_steps_with_the_official_recipe_record_it(tmp_path):
     assert metrics["numerics"]["precision"] == "32-true"
     assert metrics["numerics"]["matmul_precision"] == "highest"
     assert json.loads((tmp_path / "metrics.json").read_text())["numerics"] == metrics["numerics"]
-

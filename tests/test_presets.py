@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import attnexp_main
 
 import attnexp
 
@@ -17,7 +17,7 @@ def job_dirs(workdir):
 
 
 def run_preset(workdir, *args):
-    proc = run_cli("-m", *args, "debug=tiny", "seed=0", cwd=workdir, timeout=600)
+    proc = attnexp_main("-m", *args, "debug=tiny", "seed=0", cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep, jobs = job_dirs(workdir)
     assert all(json.loads((j / "metrics.json").read_text())["status"] == "done" for j in jobs)
@@ -53,7 +53,9 @@ def test_attention_rfp_with_attention_stats(workdir):
     # SeqPool (seqpool=x: f(x) = x) and the entropy of its weights over cct2's 64 tokens
     pool = {t: v for t, v in zip(scalars.tag, scalars.value) if t.startswith("seqpool/")}
     assert pool["seqpool/x_min"] <= pool["seqpool/x_mean"] <= pool["seqpool/x_max"]
-    assert [pool[f"seqpool/fx_{s}"] for s in ("min", "mean", "max")] == [pool[f"seqpool/x_{s}"] for s in ("min", "mean", "max")]
+    assert [pool[f"seqpool/fx_{s}"] for s in ("min", "mean", "max")] == [
+        pool[f"seqpool/x_{s}"] for s in ("min", "mean", "max")
+    ]
     assert 0 < pool["seqpool/weight_entropy"] <= torch.log(torch.tensor(64.0)).item() + 1e-4
 
 

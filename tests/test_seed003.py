@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import check, compose, run_cli, run_dirs
+from conftest import attnexp_main, check, compose, run_dirs
 from torch import nn
 
 from attnexp import build_model
@@ -310,7 +310,7 @@ def test_short_training_on_real_mnist_learns(mnist_root, tmp_path, model, steps)
 
 
 def test_cli_runs_the_deep_dive_hybrid(mnist_root, workdir):
-    result = run_cli(
+    result = attnexp_main(
         "experiment=deep_dive",
         "data=mnist",
         "model=hybrid",
