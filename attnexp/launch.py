@@ -109,6 +109,7 @@ def run(overrides: list[str]) -> dict | None:
     """`attnexp <overrides>`: compose once, check, run in its folder (named by conf/hydra)."""
     from hydra.core.utils import configure_log, run_job
 
+    parse_overrides(overrides)  # a syntax error names its override
     overrides = checkpoint_overrides(overrides)
     cfg = compose(overrides + ["hydra.mode=RUN"], return_hydra_config=True)
     check_job(cfg)
