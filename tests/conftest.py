@@ -72,9 +72,9 @@ def attnexp_main(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     import contextlib
     import io
 
-    from attnexp.cli import main
-
     import torch
+
+    from attnexp.cli import main
 
     out, err, here, threads = io.StringIO(), io.StringIO(), os.getcwd(), torch.get_num_threads()
     code = 0

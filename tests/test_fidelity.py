@@ -56,7 +56,12 @@ def test_label_smoothing_on_the_train_loss_and_on_the_eval_loss_by_recipe(recipe
     cfg = compose("model=cct2", "data=fake", f"recipe={recipe}")
     module = build_module(cfg, attnexp.build_model(["model=cct2", "data=fake"]))
     logits, labels = torch.randn(6, 10), torch.arange(6)
-    module.model = lambda x: logits  # the loss alone, on known logits
+
+    class Known(torch.nn.Module):  # the loss alone, on known logits
+        def forward(self, x):
+            return logits
+
+    module.model = Known()
     for stage, smoothing in (("train", 0.1), ("val", eval_smoothing)):
         loss = module._shared_step((torch.zeros(6, 3, 32, 32), labels), stage)
         log_p = logits.log_softmax(-1)
@@ -92,8 +97,7 @@ def test_initialisation_drop_path_and_positional_table_follow_the_official_model
     model = attnexp.build_model(["model=cct7"])
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     weights = torch.cat([m.weight.flatten() for m in linears])
-    assert weights.std().item() == pytest.approx(0.02 * 0.8796, rel=0.02)  # trunc at ±2σ shrinks σ by 0.8796
-    assert weights.abs().max().item() <= 0.04 + 1e-6
+    assert weights.std().item() == pytest.approx(0.02, rel=0.02)  # truncated at ±2 (absolute): no effect at σ 0.02
     assert all(m.bias is None or not m.bias.any() for m in linears)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
     assert all(m.weight.eq(1).all() and not m.bias.any() for m in norms)
@@ -101,7 +105,7 @@ def test_initialisation_drop_path_and_positional_table_follow_the_official_model
     fan_in = conv.weight[0].numel()
     assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.1)  # kaiming_normal_
     table = model.classifier.positional_emb
-    assert table.requires_grad and table.std().item() == pytest.approx(0.2 * 0.8796, rel=0.05)
+    assert table.requires_grad and table.std().item() == pytest.approx(0.2, rel=0.05)
     rates = [block.drop_path.p for block in model.classifier.blocks]
     assert rates == pytest.approx(torch.linspace(0, 0.1, 7).tolist())
 

@@ -233,7 +233,7 @@ def test_anchors_sit_only_beside_runs_of_their_setting(sweep, tmp_path, capsys):
     rows = read_csv(out / "report.csv")
     assert all(row["published"] == "" for row in rows.values())
     text = (out / "report.md").read_text()
-    assert "88.34 / 88.34 (seed 000) not beside data=fake,seqpool=x: data=fake (published: cifar10)" in text
+    assert "88.34 / 88.34 (seed 000) not beside seqpool=x: data=fake (published: cifar10)" in text
 
 
 def test_runs_of_different_recipes_are_not_compared_unless_asked(tmp_path, capsys):

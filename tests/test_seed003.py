@@ -18,6 +18,7 @@ from conftest import attnexp_main, check, compose, run_dirs
 from torch import nn
 
 from attnexp import build_model
+from attnexp.build import build_backbone
 from attnexp.errors import ConfigError
 from attnexp.layers.attention import Attention
 from attnexp.layers.value_maps import Identity, Remix, TokenSoftmax
@@ -66,6 +67,22 @@ def trainable(model: nn.Module) -> int:
 )
 def test_parameter_counts(model, data, expected):
     assert trainable(build_model([f"model={model}", f"data={data}"])) == expected
+
+
+def test_experiment_two_vit_count_follows_the_vit_formula():
+    """experiment=seed003_vit: dim 1024, depth 6, 16 heads × 64, MLP 2048, patch 7, told 784 px."""
+    from omegaconf import OmegaConf
+
+    cfg = compose("experiment=seed003_vit")
+    assert OmegaConf.to_container(cfg.optimizer)["lr"] == 1e-4 and cfg.trainer.max_epochs == 14
+    d, depth, inner, mlp, patch = 1024, 6, 16 * 64, 2048, 7
+    embed = 2 * 49 + (49 * d + d) + 2 * d  # LayerNorm(49), Linear(49 → d), LayerNorm(d)
+    table = ((784 // patch) ** 2 + 1) * d  # the positional table of the declared 784-pixel side
+    block = 2 * d + d * 3 * inner + (inner * d + d) + 2 * d + (d * mlp + mlp) + (mlp * d + d)
+    head = 2 * d + d * 10 + 10
+    with torch.device("meta"):
+        model = build_backbone(cfg)
+    assert trainable(model) == embed + table + d + depth * block + head == 63_293_548
 
 
 def test_hybrid_seed_count_is_the_100_class_head_on_every_dataset():
