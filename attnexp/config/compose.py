@@ -62,6 +62,9 @@ OmegaConf.register_new_resolver("attnexp_first_set", first_set, replace=True)
 TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 
 
+NOT_GROUPS = ("hydra", "anchors", "__pycache__")  # Hydra's own node; attnexp-report's published numbers
+
+
 def group_options(group: str) -> list[str]:
     """The choices of a config group: its yaml files (the schema/ tree is not a group users pick from)."""
     folder = files(CONFIG_MODULE).joinpath(group)
@@ -74,11 +77,7 @@ def group_options(group: str) -> list[str]:
 def groups() -> list[str]:
     """The user-facing config groups (folders of conf/), hydra's own left out."""
     root = files(CONFIG_MODULE)
-    return sorted(
-        p.name
-        for p in root.iterdir()
-        if p.is_dir() and p.name not in ("hydra", "__pycache__") and group_options(p.name)
-    )
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in NOT_GROUPS and group_options(p.name))
 
 
 def _expected(schema: Any, key: Any) -> str:
