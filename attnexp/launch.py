@@ -16,6 +16,7 @@ import os
 import shlex
 import sys
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -70,20 +71,32 @@ def checkpoint_overrides(overrides: list[str]) -> list[str]:
 # ---------------------------------------------------------------- checks
 
 
+@contextmanager
+def hydra_config(cfg: DictConfig):
+    """Hydra's global config set to `cfg` (what `${hydra:...}` values read), then put back."""
+    from hydra.core.hydra_config import HydraConfig
+
+    holder = HydraConfig.instance()
+    saved = holder.cfg
+    holder.set_config(cfg)
+    try:
+        yield
+    finally:
+        holder.cfg = saved
+
+
 def check_job(cfg: DictConfig) -> DictConfig:
     """Everything that can be known before a job starts: the cross-object rules (torch-free),
     then every object the job will use, built on the meta device (attnexp.preflight).
     Returns the job's config without the hydra node."""
-    from hydra.core.hydra_config import HydraConfig
-
     from attnexp.config.validate import validate
 
-    HydraConfig.instance().set_config(cfg)  # the job's ${hydra:...} values read it
-    body, choices = split_hydra(cfg)
-    validate(body, choices)
-    from attnexp.preflight import check_built  # torch: only once the torch-free checks passed
+    with hydra_config(cfg):
+        body, choices = split_hydra(cfg)
+        validate(body, choices)
+        from attnexp.preflight import check_built  # torch: only once the torch-free checks passed
 
-    check_built(body, choices)
+        check_built(body, choices)
     return body
 
 
@@ -114,7 +127,8 @@ def run(overrides: list[str]) -> dict | None:
     cfg = compose(overrides + ["hydra.mode=RUN"], return_hydra_config=True)
     check_job(cfg)
     if not _given(overrides, "hydra.run.dir"):  # two runs started in the same second get _1, _2...
-        _set(cfg, "hydra.run.dir", claim_dir(str(cfg.hydra.run.dir)))
+        with hydra_config(cfg):  # the name reads ${hydra:runtime.choices...}
+            _set(cfg, "hydra.run.dir", claim_dir(str(cfg.hydra.run.dir)))
     configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
     ret = run_job(job, cfg, "hydra.run.dir", None, _context())
     return ret.return_value  # re-raises what the job raised
@@ -139,11 +153,8 @@ def plan(overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str], str, D
     The command's sweeps first, then a preset's `hydra.sweeper.params`; each job records the keys
     the sweep varies (`sweep.swept`: its HParams show them first). Each job is composed once and
     checked (check_job) before any runs; a StartupError gives back the folder claimed for it."""
-    from hydra.core.hydra_config import HydraConfig
-
     parse_overrides(overrides)  # a syntax error names its override
     master = compose(overrides + ["hydra.mode=MULTIRUN"], return_hydra_config=True)
-    HydraConfig.instance().set_config(master)  # its folder reads ${hydra:runtime.choices...}
     params = master.hydra.sweeper.get("params")
     params = OmegaConf.to_container(params) if params else {}
     task = [f"{k}={v}" for k, v in params.items()] + list(master.hydra.overrides.task)
@@ -151,7 +162,8 @@ def plan(overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str], str, D
     swept = [o.get_key_element() for o in parsed[len(params) :] if o.is_sweep_override()]
     swept += [o.get_key_element() for o in parsed[: len(params)] if o.get_key_element() not in swept]
     if not _given(list(master.hydra.overrides.hydra), "hydra.sweep.dir"):
-        folder = claim_dir(str(master.hydra.sweep.dir))
+        with hydra_config(master):  # the folder's name reads ${hydra:runtime.choices...}
+            folder = claim_dir(str(master.hydra.sweep.dir))
         _set(master, "hydra.sweep.dir", folder)
         with read_write(master.hydra.overrides):  # the jobs are composed with the sweep's hydra.* overrides
             master.hydra.overrides.hydra.append(f"hydra.sweep.dir={folder}")
@@ -160,8 +172,8 @@ def plan(overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str], str, D
         for job_overrides in expand(parsed):
             job_overrides.append(f"sweep.swept=[{','.join(swept)}]")
             cfg = compose(job_overrides, return_hydra_config=True, master=master)
-            HydraConfig.instance().set_config(cfg)  # the subdir reads ${hydra:job.override_dirname}
-            jobs.append((job_overrides, str(cfg.hydra.sweep.subdir), cfg))
+            with hydra_config(cfg):  # the subdir reads ${hydra:job.override_dirname}
+                jobs.append((job_overrides, str(cfg.hydra.sweep.subdir), cfg))
             check_job(cfg)
     except StartupError:
         if not _given(overrides, "hydra.sweep.dir"):
@@ -188,7 +200,8 @@ def sweep(overrides: list[str]) -> int:
 
     started = time.time()
     master, jobs = plan(overrides)
-    sweep_dir = str(master.hydra.sweep.dir)
+    with hydra_config(master):
+        sweep_dir = str(master.hydra.sweep.dir)
     if master.sweep.dry_run:
         sweeps.dry_run(sweep_dir, [(sweeps.Job(o, d), cfg) for o, d, cfg in jobs])
         if not _given(overrides, "hydra.sweep.dir"):

@@ -170,7 +170,7 @@ def _choices() -> dict:
         from hydra.core.hydra_config import HydraConfig
 
         return {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
-    except ValueError:  # not inside a Hydra job (a test calling run_job directly)
+    except ValueError:  # not inside a Hydra job (attnexp.run.train called directly)
         return {}
 
 

@@ -341,6 +341,9 @@ def test_each_job_is_composed_once_in_the_cli_process(tmp_path, monkeypatch, cap
     calls.clear()
     main(["debug=tiny", "mode=summary"])
     assert len(calls) == 1
+    from hydra.core.hydra_config import HydraConfig
+
+    assert not HydraConfig.initialized()  # no job's config is left behind for the next caller
 
 
 def test_hydra_is_driven_through_its_public_api_only():
