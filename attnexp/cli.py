@@ -40,12 +40,21 @@ def show_config(flags: list[str], overrides: list[str]) -> None:
     if "--help" in flags or "-h" in flags:
         print(OmegaConf.to_container(cfg.hydra.help, resolve=True)["template"])
         return
-    which = flags[flags.index(next(f for f in flags if f in ("--cfg", "-c"))) + 1]
+    at = flags.index(next(f for f in flags if f in ("--cfg", "-c")))
+    which = flags[at + 1] if at + 1 < len(flags) else ""
+    if which not in ("job", "hydra", "all"):
+        fail(f"--cfg {which}: show job, hydra or all".replace("--cfg : ", "--cfg: "))
     node = cfg if which == "all" else cfg.hydra if which == "hydra" else compose(overrides)
-    package = next((flags[i + 1] for i, f in enumerate(flags) if f in ("--package", "-p")), None)
-    if package:
-        node = OmegaConf.select(node, package)
-    print(OmegaConf.to_yaml(node, resolve="--resolve" in flags), end="")
+    package = next((flags[i + 1] for i, f in enumerate(flags[:-1]) if f in ("--package", "-p")), None)
+    from attnexp.launch import hydra_config
+
+    with hydra_config(cfg):  # --resolve reads ${hydra:...}
+        if package:  # a key of the whole config, as Hydra's --package
+            node = OmegaConf.select(cfg if which != "job" else node, package)
+            if not OmegaConf.is_config(node):
+                print(node)
+                return
+        print(OmegaConf.to_yaml(node, resolve="--resolve" in flags), end="")
 
 
 def _split(argv: list[str]) -> tuple[list[str], list[str]]:
