@@ -117,3 +117,12 @@ def test_a_few_steps_with_the_official_recipe_record_it(tmp_path):
     assert metrics["numerics"]["precision"] == "32-true"
     assert metrics["numerics"]["matmul_precision"] == "highest"
     assert json.loads((tmp_path / "metrics.json").read_text())["numerics"] == metrics["numerics"]
+
+
+def test_cfg_job_shows_the_official_settings(capsys):
+    from attnexp.cli import main
+
+    main(["model=cct2", "recipe=official", "--cfg", "job", "--resolve"])
+    shown = capsys.readouterr().out
+    for line in ("precision: 32-true", "matmul_precision: highest", "autoaugment: official", "eval_batch_size: 128"):
+        assert line in shown, line
