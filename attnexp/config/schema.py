@@ -290,7 +290,7 @@ class TrainerSchema:
 @dataclass
 class TensorBoardLoggerSchema:
     _target_: str = "pytorch_lightning.loggers.TensorBoardLogger"
-    save_dir: str = "."
+    save_dir: Optional[str] = None  # ${paths.output_dir}: known once the job has its folder
     name: Optional[str] = "tb"
     version: Optional[str] = ""
     default_hp_metric: bool = False
