@@ -13,7 +13,7 @@ import sys
 
 from omegaconf import OmegaConf
 
-from attnexp.config.compose import compose, group_options, groups
+from attnexp.config.compose import compose, group_options, groups, split_hydra
 from attnexp.errors import StartupError
 
 EXIT_CONFIG = 2
@@ -44,7 +44,7 @@ def show_config(flags: list[str], overrides: list[str]) -> None:
     which = flags[at + 1] if at + 1 < len(flags) else ""
     if which not in ("job", "hydra", "all"):
         fail(f"--cfg {which}: show job, hydra or all".replace("--cfg : ", "--cfg: "))
-    node = cfg if which == "all" else cfg.hydra if which == "hydra" else compose(overrides)
+    node = cfg if which == "all" else cfg.hydra if which == "hydra" else split_hydra(cfg)[0]
     package = next((flags[i + 1] for i, f in enumerate(flags[:-1]) if f in ("--package", "-p")), None)
     from attnexp.launch import hydra_config
 

@@ -124,7 +124,7 @@ def run(overrides: list[str]) -> dict | None:
 
     parse_overrides(overrides)  # a syntax error names its override
     overrides = checkpoint_overrides(overrides)
-    cfg = compose(overrides + ["hydra.mode=RUN"], return_hydra_config=True)
+    cfg = compose(overrides, return_hydra_config=True, mode="RUN")
     check_job(cfg)
     if not _given(overrides, "hydra.run.dir"):  # two runs started in the same second get _1, _2...
         with hydra_config(cfg):  # the name reads ${hydra:runtime.choices...}
@@ -154,7 +154,7 @@ def plan(overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str], str, D
     the sweep varies (`sweep.swept`: its HParams show them first). Each job is composed once and
     checked (check_job) before any runs; a StartupError gives back the folder claimed for it."""
     parse_overrides(overrides)  # a syntax error names its override
-    master = compose(overrides + ["hydra.mode=MULTIRUN"], return_hydra_config=True)
+    master = compose(overrides, return_hydra_config=True, mode="MULTIRUN")
     params = master.hydra.sweeper.get("params")
     params = OmegaConf.to_container(params) if params else {}
     task = [f"{k}={v}" for k, v in params.items()] + list(master.hydra.overrides.task)

@@ -15,6 +15,7 @@ import argparse
 import csv
 import math
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, stdev
@@ -259,10 +260,7 @@ def numerics_of(run: Run) -> tuple[str, str | None]:
 def check_recipes(runs: list[Run], mix: bool) -> None:
     """Runs of different recipes or precisions differ by more than their variant: refuse to compare
     them unless asked to (--mix-recipes)."""
-    kinds: dict[tuple, int] = {}
-    for r in runs:
-        if r.status == "done":
-            kinds[numerics_of(r)] = kinds.get(numerics_of(r), 0) + 1
+    kinds = Counter(numerics_of(r) for r in runs if r.status == "done")
     known = {k for k in kinds if k[1] is not None}
     recipes = {k[0] for k in kinds}
     if mix or (len(recipes) <= 1 and len(known) <= 1):

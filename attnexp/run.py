@@ -165,22 +165,21 @@ def make_logger(cfg: DictConfig):
     return instantiate(cfg.logger) if cfg.get("logger") else False
 
 
-def _choices() -> dict:
-    try:
-        from hydra.core.hydra_config import HydraConfig
+def _hydra_job():
+    """Hydra's config of the job this runs in; None when attnexp.run.train is called directly."""
+    from hydra.core.hydra_config import HydraConfig
 
-        return {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
-    except ValueError:  # not inside a Hydra job (attnexp.run.train called directly)
-        return {}
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def _choices() -> dict:
+    job = _hydra_job()
+    return {k: v for k, v in job.runtime.choices.items() if not k.startswith("hydra")} if job else {}
 
 
 def _task_overrides() -> list[str]:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:  # not inside a Hydra job
-        return []
+    job = _hydra_job()
+    return list(job.overrides.task) if job else []
 
 
 def run_hparams(choices: dict, overrides: list[str], swept: list[str]) -> dict:

@@ -154,22 +154,29 @@ def config_loader():
     return _loader
 
 
-def compose(overrides: list[str], return_hydra_config: bool = False, *, master: DictConfig | None = None) -> DictConfig:
+def compose(
+    overrides: list[str],
+    return_hydra_config: bool = False,
+    *,
+    master: DictConfig | None = None,
+    mode: str | None = None,
+) -> DictConfig:
     """The config `attnexp <overrides>` runs with; ConfigError on a type, key or choice error.
 
     The one composer of attnexp (CLI, API, bench, sweep plan, tests). With `master` (a sweep's
-    own config), `overrides` are one job's, composed as Hydra's launchers compose it. A `-m`
-    sweep's own config is composed with `hydra.mode=MULTIRUN` among the overrides.
+    own config), `overrides` are one job's, composed as Hydra's launchers compose it. `mode`
+    ("RUN" or "MULTIRUN", as Hydra's `hydra.mode`) is set for what the CLI launches; a
+    MULTIRUN config may hold sweeps (`seqpool=x,softmax`).
     """
     from hydra.types import RunMode
 
     loader = config_loader()
-    multirun = any(o.replace(" ", "") == "hydra.mode=MULTIRUN" for o in overrides)
+    overrides = list(overrides) + ([f"hydra.mode={mode}"] if mode else [])
     try:
         if master is not None:
-            cfg = loader.load_sweep_config(master, list(overrides))
+            cfg = loader.load_sweep_config(master, overrides)
         else:
-            cfg = loader.load_configuration("config", list(overrides), RunMode.MULTIRUN if multirun else RunMode.RUN)
+            cfg = loader.load_configuration("config", overrides, RunMode[mode or "RUN"])
     except Exception as exc:  # Hydra's composition errors come in several types, all user-facing
         raise config_error(exc) from None
     return cfg if return_hydra_config else split_hydra(cfg)[0]
