@@ -107,30 +107,12 @@ def battery_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
-class Exit:
-    """What main(argv) did, shaped like a finished process."""
-
-    def __init__(self, returncode: int, stderr: str):
-        self.returncode, self.stderr = returncode, stderr
-
-
-def run_main(argv: list[str], capsys) -> Exit:
-    from attnexp.cli import main
-
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    return Exit(code, capsys.readouterr().err)
-
-
 @pytest.mark.parametrize(
     "overrides,needle", CONFIG_ERRORS + DATA_ERRORS, ids=lambda v: " ".join(v) if isinstance(v, list) else None
 )
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(overrides, needle, battery_dir, capsys):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(overrides, needle, battery_dir):
     data = [] if any(o.startswith("data=") for o in overrides) else ["data=fake"]
-    proc = run_main([*overrides, *data], capsys)
+    proc = attnexp_main(*overrides, *data, cwd=battery_dir)
     assert_one_line_error(proc, needle, code=2)
     assert not (battery_dir / "outputs").exists() and not (battery_dir / "multirun").exists()
 
@@ -148,20 +130,20 @@ def test_bad_input_through_the_real_console_script(overrides, needle, battery_di
     assert not (battery_dir / "outputs").exists()
 
 
-def test_unknown_choice_lists_the_available_ones(battery_dir, capsys):
-    proc = run_main(["model=cct3"], capsys)
+def test_unknown_choice_lists_the_available_ones(battery_dir):
+    proc = attnexp_main("model=cct3", cwd=battery_dir)
     assert_one_line_error(proc, "cct2", code=2)
     assert "cct7" in proc.stderr and "vitlite7" in proc.stderr
 
 
-def test_bad_sweep_value_fails_before_any_job(battery_dir, capsys):
-    proc = run_main(["-m", "debug=tiny", "optimizer.lr=1e-3,abc"], capsys)
+def test_bad_sweep_value_fails_before_any_job(battery_dir):
+    proc = attnexp_main("-m", "debug=tiny", "optimizer.lr=1e-3,abc", cwd=battery_dir)
     assert_one_line_error(proc, "optimizer.lr=abc", code=2)
     assert not (battery_dir / "multirun").exists()
 
 
-def test_a_bad_value_in_a_later_sweep_job_fails_before_the_first_starts(battery_dir, capsys):
-    proc = run_main(["-m", "debug=tiny", "model=cct2", "model.kernel_size=3,0"], capsys)
+def test_a_bad_value_in_a_later_sweep_job_fails_before_the_first_starts(battery_dir):
+    proc = attnexp_main("-m", "debug=tiny", "model=cct2", "model.kernel_size=3,0", cwd=battery_dir)
     assert_one_line_error(proc, "model.kernel_size=0", code=2)
     assert not (battery_dir / "multirun").exists()
 
