@@ -6,11 +6,12 @@ raises becomes a `ConfigError` naming that group's key (attnexp.blame).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -27,13 +28,24 @@ class CheckpointError(Exception):
     pass
 
 
+def model_class(cfg: DictConfig) -> type:
+    return get_class(cfg.model._target_)
+
+
+def loads_own_weights(cfg: DictConfig) -> bool:
+    """A backbone that takes `pretrained` itself (timm's loader) rather than attnexp's strict load."""
+    return getattr(model_class(cfg), "loads_pretrained", False)
+
+
 def build_backbone(cfg: DictConfig) -> nn.Module:
-    """The model as configured (no weights loaded, α not set); the attention and SeqPool
+    """The model as configured (no weights loaded by attnexp, α not set); the attention and SeqPool
     objects are built on their own, so an error in one names its group's key."""
     with blamed("model", cfg.model):
         node = OmegaConf.to_container(cfg.model, resolve=True)
+        own = loads_own_weights(cfg)
     for key in MODEL_META_KEYS:
-        node.pop(key, None)
+        if not (own and key == "pretrained"):
+            node.pop(key, None)
     parts = {}
     for key, group in MODEL_PARTS:
         if node.get(key) is not None:
@@ -49,9 +61,27 @@ def build_model(cfg: DictConfig) -> nn.Module:
     if alpha is not None:  # α at step 0, so a model built outside training is in a defined state
         for m in scheduled_maps(model):
             m.set_alpha(alpha(0, 1))
-    if cfg.model.get("pretrained"):
+    if cfg.model.get("pretrained") and not loads_own_weights(cfg):
         load_weights(model, cfg.model.pretrained, key="model.pretrained")
     return model
+
+
+def weights_source(cfg: DictConfig, model: nn.Module) -> dict | None:
+    """Which weights a run started from (metrics.json): the backbone's own record, or the file."""
+    if getattr(model, "weights", None) is not None:
+        return model.weights
+    path = cfg.model.get("pretrained")
+    if not path:
+        return None
+    return {"file": os.path.abspath(path), "sha256": file_sha256(path)}
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_checkpoint(path: str, key: str) -> dict:
@@ -119,9 +149,27 @@ def build_alpha(cfg: DictConfig):
         return instantiate(node)
 
 
+def model_data_spec(cfg: DictConfig) -> dict:
+    """What the model asks of its input: the image size it is built for (`model.image_size`; most
+    models follow `data.image_size`, model=vit_tiny224 is 224), or a backbone's own `data_spec`
+    (a pretrained timm model's resolution and normalisation)."""
+    if not isinstance(cfg.get("model"), DictConfig) or not cfg.model.get("_target_"):
+        return {}
+    with blamed("model", cfg.model):
+        spec = getattr(model_class(cfg), "data_spec", None)
+        node = OmegaConf.to_container(cfg.model, resolve=True)
+        if spec is not None:
+            return spec(node)
+    return {"image_size": node["image_size"]} if node.get("image_size") else {}
+
+
+def input_size(cfg: DictConfig) -> int:
+    """The side of the images the model sees."""
+    return model_data_spec(cfg).get("image_size") or cfg.data.image_size
+
+
 def build_data(cfg: DictConfig):
-    """The datamodule, delivering images at the size the model declares it is built for
-    (`model.image_size`; most models follow `data.image_size`, model=vit_tiny224 is 224)."""
-    size = cfg.model.get("image_size") if isinstance(cfg.get("model"), DictConfig) else None
+    """The datamodule, delivering images as the model asks for them (model_data_spec)."""
+    spec = model_data_spec(cfg)
     with blamed("data", cfg.data):
-        return instantiate(cfg.data, seed=cfg.seed, _convert_="all", **({"image_size": size} if size else {}))
+        return instantiate(cfg.data, seed=cfg.seed, _convert_="all", **spec)

@@ -104,6 +104,13 @@ class EpochRates:
         return self.factors[epoch]
 
 
+def param_groups(model: nn.Module) -> list[dict]:
+    """The optimizer's parameter groups: one, or the backbone's own (a group's `lr_scale`
+    multiplies the configured rate, e.g. a pretrained body slower than its new head)."""
+    groups = getattr(model, "param_groups", None)
+    return groups() if groups is not None else [{"params": list(model.parameters())}]
+
+
 class ClassifierModule(pl.LightningModule):
     def __init__(
         self,
@@ -216,8 +223,8 @@ class ClassifierModule(pl.LightningModule):
     def configure_optimizers(self):
         # no Lightning scheduler: set_lr gives every step its rate (a checkpointed scheduler
         # would carry a stale rate into the first resumed epoch)
-        optimizer = self.optimizer_factory(self.model.parameters())
-        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        optimizer = self.optimizer_factory(param_groups(self.model))
+        self.base_lrs = [group["lr"] * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
         return optimizer
 
     # ------------------------------------------------------------ checkpoints carry the config and α

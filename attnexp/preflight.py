@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from attnexp.blame import blamed
-from attnexp.build import build_alpha, build_backbone, build_data
+from attnexp.build import build_alpha, build_backbone, build_data, input_size
 from attnexp.data.files import DataMissingError
 from attnexp.errors import ConfigError
 from attnexp.layers.contract import AttentionLayer
@@ -58,11 +58,19 @@ def check_alpha(model: nn.Module, schedule) -> None:
             )
 
 
+def example_input(cfg: DictConfig, model: nn.Module, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A batch of what the model reads: a model that reads something other than images makes
+    its own (`example_input`: the text models' word ids, padding included); images otherwise."""
+    if hasattr(model, "example_input"):
+        return model.example_input(batch, device)
+    size = input_size(cfg)
+    return torch.randn(batch, cfg.data.in_channels, size, size, device=device)
+
+
 def meta_forward(cfg: DictConfig, model: nn.Module) -> None:
     """One forward in eval mode, the stricter one: ConvNN's eval sample (an evenly spaced
     sub-grid) is never larger than its random training sample."""
-    size = cfg.model.get("image_size") or cfg.data.image_size
-    batch = torch.empty(META_BATCH, cfg.data.in_channels, size, size, device="meta")
+    batch = example_input(cfg, model, META_BATCH, "meta")
     with blamed("model", cfg.model, cfg), torch.no_grad():
         model.eval()(batch)
 

@@ -5,7 +5,7 @@
 Finds run folders (metrics.json, tb/, .hydra/) below the given paths, reads their
 scalars from the TensorBoard event files (tbparse), groups the runs by every
 override except the seed and bookkeeping keys, and writes report.md, report.csv,
-curves.png (and trend.png with --x). Jobs that did not finish are listed with
+curves.png (trend.png with --x, alpha.png when α moved during a run). Jobs that did not finish are listed with
 their status, never averaged in. No torch here.
 """
 
@@ -24,6 +24,7 @@ from attnexp.config.compose import is_bookkeeping
 from attnexp.rundir import read_metrics
 
 LOSS_TAG = "train/loss"
+ALPHA_TAG = "alpha"  # the α schedule's value, logged every step (its last value counts for the epoch)
 CONFIDENCE = 0.95
 
 # seed 003's table names: model choice → "Model Type", data choice → "Dataset" (in the seed's row order)
@@ -116,7 +117,7 @@ def load_run(folder: Path, metric: str) -> Run:
         choices={k: v for k, v in choices.items() if not k.startswith("hydra")},
         config=config,
         metrics=metrics,
-        curves=read_curves(folder / "tb", (metric, LOSS_TAG)),
+        curves=read_curves(folder / "tb", (metric, LOSS_TAG, ALPHA_TAG)),
     )
 
 
@@ -561,6 +562,38 @@ def plot_trend(groups: list[Group], metric: str, x: str, baselines: dict, path: 
     return True
 
 
+def plot_alpha(groups: list[Group], metric: str, path: Path) -> bool:
+    """The metric at each epoch's end against α there, for the groups whose α moved (a remix
+    fine-tune's ramp); the other groups' best as dashed lines (the control)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ramps = {id(g) for g in groups if any(len(set(r.curves.get(ALPHA_TAG, {}).values())) > 1 for r in g.runs)}
+    if not ramps:
+        return False
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, g in enumerate(groups):
+        color = f"C{i % 10}"
+        if id(g) in ramps:
+            epochs, alpha, _, _ = _band(g.runs, ALPHA_TAG)
+            scored, value, _, _ = _band(g.runs, metric)
+            at = dict(zip(epochs, alpha))
+            points = [(at[e], v) for e, v in zip(scored, value) if e in at]
+            ax.plot(*zip(*points), marker="o", color=color, label=f"{g.label} (n={len(g.runs)})")
+        else:
+            best = Stats.of(g.values("best", metric))
+            ax.axhline(best.mean, color=color, linestyle="--", linewidth=1, label=f"{g.label}: best (n={best.n})")
+    ax.set(xlabel="α at the epoch's end", ylabel=metric, title=f"{metric} against α (mean over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 # ---------------------------------------------------------------- seed 003's table
 
 
@@ -679,6 +712,8 @@ def report(args: argparse.Namespace) -> int:
     if groups:
         plot_curves(groups, args.metric, out / "curves.png")
         plots.append(str(out / "curves.png"))
+        if plot_alpha(groups, args.metric, out / "alpha.png"):
+            plots.append(str(out / "alpha.png"))
         if args.x and plot_trend(groups, args.metric, args.x, baselines, out / "trend.png"):
             plots.append(str(out / "trend.png"))
         elif args.x:

@@ -22,7 +22,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from attnexp.build import build_alpha, build_data, build_model, load_weights, read_checkpoint
+from attnexp.build import build_alpha, build_data, build_model, input_size, load_weights, read_checkpoint, weights_source
 from attnexp.callbacks import AtomicCheckpointIO, GracefulStop, RunRecorder, StopRequested
 from attnexp.module import ClassifierModule, NonFiniteLoss
 from attnexp.rundir import RunRecord, provenance
@@ -257,6 +257,7 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict:
         threads=torch.get_num_threads(),  # on the CPU a result depends on it (README)
         recipe=cfg.recipe.name,
         numerics=numerics(trainer),
+        weights=weights_source(cfg, model),  # what the run started from (null: random initialisation)
         **provenance(run_dir),
     )
 
@@ -361,7 +362,7 @@ def summary(cfg: DictConfig, record: RunRecord | None = None) -> dict:
     for m in model.modules():  # the FLOP counter cannot see inside CPU fused attention kernels
         if isinstance(m, Attention) and m.reattn is None:
             m.fused = False
-    size, channels = cfg.model.get("image_size") or cfg.data.image_size, cfg.data.in_channels
+    size, channels = input_size(cfg), cfg.data.in_channels
     x = torch.zeros(1, channels, size, size)
     tokens = []  # the sequence length entering the first transformer block (class token included)
     blocks = [m for m in model.modules() if isinstance(m, TransformerBlock)]

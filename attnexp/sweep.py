@@ -167,14 +167,14 @@ def measure(cfg: DictConfig) -> dict:
     from hydra.utils import instantiate
     from torch.utils.flop_counter import FlopCounterMode
 
-    from attnexp.build import build_model
+    from attnexp.build import build_model, input_size
 
     if cfg.compute.num_threads:
         torch.set_num_threads(cfg.compute.num_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
-    size, channels = cfg.model.get("image_size") or cfg.data.image_size, cfg.data.in_channels
+    size, channels = input_size(cfg), cfg.data.in_channels
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, channels, size, size, device=device))

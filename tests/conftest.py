@@ -19,6 +19,8 @@ ATTNEXP = Path(sys.executable).parent / "attnexp"
 
 # CPU tests: few threads, no GPU even if one is present
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# no test reaches the network: timm / Hugging Face weights come from local files or fail fast
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared is absent (a user's clone)")
 

@@ -36,6 +36,7 @@ FIVE_TOKENS = {
 
 # toy width: small enough for the whole grid in seconds, divisible by every preset's head count
 TOY = {"dim": 24, "num_layers": 2, "head_dim": 8, "hidden_dim": 16}
+TOY_TIMM = {"embed_dim": 24, "depth": 2, "num_heads": 3, "patch_size": 8}
 
 
 def composed(*overrides: str):
@@ -107,6 +108,8 @@ def test_every_attention_and_seqpool_works_or_is_refused_at_start_up(model, node
     for key, value in TOY.items():
         if key in base.model:
             base.model[key] = value
+    if "kwargs" in base.model:  # model=timm: a toy of its family, through timm.create_model's own arguments
+        base.model.image_size, base.model.kwargs = 32, TOY_TIMM
     seqpools = SEQPOOLS if "seqpool_value" in base.model else ["x", "softmax"]  # one refusal is enough there
     reference: dict = {}
     for seqpool in seqpools:

@@ -15,7 +15,7 @@ Hydra's ConfigStore, which attnexp's help and "available:" lists never show.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -121,6 +121,20 @@ class HybridSchema(ViTSchema):
 # ---------------------------------------------------------------- attention (attnexp/layers/contract.py)
 # The contract's keywords are null here: the backbone passes them; a value set in the
 # config wins over the backbone's (layers.block.bind_attention).
+
+
+@dataclass
+class TimmViTSchema:
+    _target_: str = "attnexp.models.timm_vit.TimmViT"
+    name: str = "vit_tiny_patch16_224"
+    num_classes: int = 10
+    in_channels: int = 3
+    image_size: Optional[int] = None
+    pretrained: Any = None  # true (timm's weights) or a PATH
+    drop_path_rate: float = 0.0
+    backbone_lr_scale: float = 1.0
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    attn_layer: Any = None
 
 
 @dataclass
@@ -363,6 +377,7 @@ SCHEMAS: dict[str, type] = {
     "model/cnn": CNNSchema,
     "model/vit": ViTSchema,
     "model/hybrid": HybridSchema,
+    "model/timm": TimmViTSchema,
     "attention/attention": AttentionSchema,
     "attention/convnn": ConvNNAttentionSchema,
     "seqpool/plain": PlainMapSchema,

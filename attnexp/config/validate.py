@@ -71,7 +71,7 @@ def _job(cfg, choices):
         _need(cfg.get("ckpt_path") is not None, "ckpt_path", None, "mode=eval needs ckpt_path=PATH")
     for key in ("ckpt_path", "model.pretrained"):
         path = OmegaConf.select(cfg, key)
-        _need(not path or os.path.isfile(path), key, path, "no such file")
+        _need(not isinstance(path, str) or os.path.isfile(path), key, path, "no such file")
 
 
 @rule

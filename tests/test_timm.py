@@ -1,0 +1,139 @@
+"""model=timm: timm ViTs with attnexp's attention, weights through timm's loader, offline."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from conftest import attnexp_main
+
+timm = pytest.importorskip("timm", reason="timm is not installed (pip install 'attnexp[timm]')")
+
+FAMILIES = ("vit_tiny_patch16_224", "deit_tiny_patch16_224")
+# a tiny ViT at CIFAR size, for the runs: 2 blocks, 8-pixel patches (timm.create_model's own arguments)
+TINY = ["model=timm", "model.image_size=32", "+model.kwargs.patch_size=8", "+model.kwargs.depth=2"]
+
+
+def save_random(tmp_path, name: str, num_classes: int, **kwargs) -> str:
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=num_classes, **kwargs).eval()
+    from safetensors.torch import save_file
+
+    path = tmp_path / f"{name}_{num_classes}.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path), model
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_attention_variants_carry_timm_weights_exactly(tmp_path, name):
+    import attnexp
+
+    path, reference = save_random(tmp_path, name, num_classes=10, depth=3)  # the family's blocks, fewer of them
+    x = torch.randn(2, 3, 224, 224)
+
+    def logits(*overrides):
+        family = ["model=timm", f"model.name={name}", "+model.kwargs.depth=3", f"model.pretrained={path}"]
+        model = attnexp.build_model([*family, *overrides])
+        with torch.no_grad():
+            return model.eval()(x)
+
+    with torch.no_grad():
+        expected = reference(x)
+    softmax = logits("attention=softmax")
+    torch.testing.assert_close(softmax, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        logits("attention=remix", "alpha=constant", "alpha.value=0"), expected, rtol=0, atol=1e-5
+    )
+    softmax_v = logits("attention=softmax_v")
+    assert (softmax_v - softmax).abs().max() > 1e-2
+    remix_1 = logits("attention=remix", "alpha=constant", "alpha.value=1")
+    torch.testing.assert_close(remix_1, softmax_v, rtol=0, atol=1e-5)
+
+
+def test_a_head_of_other_classes_is_reinitialised_the_body_loaded(tmp_path):
+    import attnexp
+
+    path, reference = save_random(tmp_path, "vit_tiny_patch16_224", num_classes=1000, depth=2)
+    model = attnexp.build_model(["model=timm", "+model.kwargs.depth=2", f"model.pretrained={path}"])
+    net = model.net
+    assert net.head.out_features == 10
+    for key, value in reference.state_dict().items():
+        if not key.startswith("head."):
+            assert torch.equal(net.state_dict()[key], value), key
+
+
+def test_bad_weights_and_families_are_one_line_before_any_folder(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    other, _ = save_random(tmp_path, "vit_tiny_patch16_224", num_classes=10, depth=2)  # 12 blocks expected
+    cases = [
+        (["model.pretrained=missing.safetensors"], "model.pretrained=missing.safetensors: no such file"),
+        ([f"model.pretrained={other}"], "does not fit model.name=vit_tiny_patch16_224"),
+        (["model.pretrained=true"], "timm's weights for vit_tiny_patch16_224 cannot be fetched"),
+        (["model.name=deit_tiny_distilled_patch16_224"], "distilled DeiT"),
+        (["model.name=resnet18"], "not a ViT"),
+        (["+model.kwargs.qk_norm=true"], "q/k normalisation"),
+        (["model.name=vit_nonexistent_patch3"], "not a timm model"),
+    ]
+    for overrides, needle in cases:
+        proc = attnexp_main("model=timm", "data=digits", *overrides, cwd=tmp_path)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert len(lines) == 1 and lines[0].startswith("attnexp: error: ") and needle in lines[0], lines
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_without_timm_the_error_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` raises ImportError
+    proc = attnexp_main("model=timm", "data=digits", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["attnexp: error: model=timm: needs timm: pip install 'attnexp[timm]'"]
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_short_remix_fine_tune_runs_through_the_cli(tmp_path):
+    from tbparse import SummaryReader
+
+    import attnexp
+
+    path, _ = save_random(tmp_path, "vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=8, depth=2)
+    run_dir = tmp_path / "run"
+    proc = attnexp_main(
+        *TINY,
+        f"model.pretrained={path}",
+        "model.backbone_lr_scale=0.1",
+        "data=digits",
+        "data.train_size=96",
+        "trainer=cpu",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1",
+        "trainer.log_every_n_steps=1",
+        "scheduler.warmup_epochs=0",
+        "attention=remix",
+        "alpha=linear",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "done"
+    assert metrics["weights"]["sha256"] and metrics["weights"]["file"] == path
+    scalars = SummaryReader(str(run_dir / "tb")).scalars
+    alpha = scalars[scalars.tag == "alpha"].sort_values("step")["value"].tolist()
+    assert alpha[0] == 0.0 and alpha == sorted(alpha) and alpha[-1] == pytest.approx(5 / 6)  # step 5 of 6
+    # the pretrained body trains at 0.1 × the head's rate
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    body, head = (group["lr"] for group in state["optimizer_states"][0]["param_groups"])
+    assert body == pytest.approx(0.1 * head)
+    # the run loads back as any other, and the report draws accuracy against α
+    run = attnexp.load_run(run_dir)
+    assert run.model.net.head.out_features == 10
+    from attnexp.report import main as report
+
+    assert report([str(run_dir), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "alpha.png").is_file()
