@@ -10,6 +10,13 @@ Two code paths, chosen once at construction (`impl`):
 
 Parameter layout is the official Compact-Transformers one: a single `qkv`
 linear viewed as [3, heads, head_dim] and a `proj` linear with bias.
+
+A padding mask (text) follows the official MaskedAttention on both paths: every
+query×key pair with a padded side scores −finfo.max. A real query then gives
+padded keys exactly no weight; a padded query, all of whose scores are equal,
+attends uniformly to every token. That last part is what the official text
+models' SeqPool reads at padded positions (a boolean SDPA mask would mask the
+whole row and return zeros there instead).
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnexp.errors import require, require_rate
+from attnexp.layers import randomness
 from attnexp.layers.contract import AttentionLayer
+from attnexp.layers.randomness import Dropout
 from attnexp.layers.value_maps import Identity
 
 IMPLS = ("auto", "sdpa", "explicit")
@@ -28,6 +37,17 @@ IMPLS = ("auto", "sdpa", "explicit")
 def key_mask(attn_mask: torch.Tensor | None) -> torch.Tensor | None:
     """(B, N) bool of real tokens → (B, 1, 1, N), broadcast over heads and queries."""
     return None if attn_mask is None else attn_mask[:, None, None, :]
+
+
+def pair_mask(attn_mask: torch.Tensor) -> torch.Tensor:
+    """(B, N) bool of real tokens → (B, 1, N, N): True where query and key are both real."""
+    return attn_mask[:, None, :, None] & attn_mask[:, None, None, :]
+
+
+def pair_bias(attn_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive form of the official fill for SDPA: 0 on real pairs, −finfo.max elsewhere."""
+    pairs = pair_mask(attn_mask)
+    return torch.zeros(pairs.shape, dtype=dtype, device=pairs.device).masked_fill(~pairs, torch.finfo(dtype).min)
 
 
 class ReAttention(nn.Module):
@@ -81,9 +101,9 @@ class Attention(AttentionLayer):
         inner = self.head_dim * num_heads
         self.scale = scale if scale is not None else self.head_dim**-0.5
         self.qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
+        self.attn_drop = Dropout(attn_drop)
         self.proj = nn.Linear(inner, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
         self.value_map = value_map if value_map is not None else Identity()
         self.reattn = ReAttention(num_heads) if reattention else None
         self.fused = impl == "sdpa" or (impl == "auto" and not reattention and self.has_fused_kernel)
@@ -99,19 +119,20 @@ class Attention(AttentionLayer):
     def attention_maps(self, q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         attn = (q @ k.transpose(-2, -1)) * self.scale  # (B, h, N, N)
         if attn_mask is not None:
-            attn = attn.masked_fill(~key_mask(attn_mask), float("-inf"))
+            attn = attn.masked_fill(~pair_mask(attn_mask), torch.finfo(attn.dtype).min)
         return attn.softmax(dim=-1)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, N, _ = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, h, N, hd)
-        v_mapped = self.value_map(v)
+        v_mapped = self.value_map(v) if attn_mask is None else self.value_map(v, attn_mask[:, None, :, None])
         if self.stats is not None:
             self._record(q, k, v, v_mapped)
-        if self.fused:
-            p = self.attn_drop.p if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v_mapped, key_mask(attn_mask), dropout_p=p, scale=self.scale)
+        p = self.attn_drop.p if self.training else 0.0
+        if self.fused and not self.explicit_here(x, p):
+            bias = None if attn_mask is None else pair_bias(attn_mask, q.dtype)
+            out = F.scaled_dot_product_attention(q, k, v_mapped, bias, dropout_p=p, scale=self.scale)
         else:
             attn = self.attention_maps(q, k, attn_mask)
             if self.reattn is not None:
@@ -119,6 +140,14 @@ class Attention(AttentionLayer):
             out = self.attn_drop(attn) @ v_mapped  # (B, h, N, hd)
         out = out.transpose(1, 2).reshape(B, N, -1)
         return self.proj_drop(self.proj(out))
+
+    @staticmethod
+    def explicit_here(x: torch.Tensor, p: float) -> bool:
+        """The explicit path although fused was chosen: in a packed run (vmap has no batching rule
+        for the fused kernels, and each member replays its own dropout masks), and for attention
+        dropout on the CPU, where SDPA takes its math path anyway (same cost) but draws its masks
+        itself; a GPU run keeps the fused kernel's dropout."""
+        return randomness.taping() or (p > 0 and x.device.type == "cpu")
 
     @torch.no_grad()
     def _record(self, q, k, v, v_mapped) -> None:

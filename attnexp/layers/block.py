@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from attnexp.errors import require, require_rate
+from attnexp.layers.randomness import Dropout, drop
 
 LAYOUTS = ("cct", "pre")
 
@@ -33,9 +34,7 @@ class DropPath(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.p == 0.0 or not self.training:
             return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
+        return drop(x, self.p, (x.shape[0],) + (1,) * (x.ndim - 1))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -72,10 +71,10 @@ class TransformerBlock(nn.Module):
             proj_drop=dropout if proj_drop is None else proj_drop,
         )
         self.linear1 = nn.Linear(dim, mlp_hidden)
-        self.dropout1 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
         self.norm1 = nn.LayerNorm(dim)
         self.linear2 = nn.Linear(mlp_hidden, dim)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
         self.activation = nn.GELU()  # exact erf form, as the official code
         self.drop_path = DropPath(drop_path)
 

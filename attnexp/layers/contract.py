@@ -20,8 +20,11 @@ A value the attention config sets (not null) wins over the backbone's
     forward(x, attn_mask=None) -> same shape as x
     x          (B, N, dim)
     attn_mask  None, or (B, N) bool, True where a token is real: padded tokens
-               receive no weight as keys. A module that cannot honour a mask
-               raises ValueError when given one.
+               receive no weight as keys of a real query, and value maps
+               soft-max over the real tokens only. What a padded query returns
+               is the module's to define (Attention: the official uniform
+               average). A module that cannot honour a mask raises ValueError
+               when given one.
 
 Capabilities a backbone may ask for are class attributes, checked where the
 backbone is built, so a combination that cannot work is refused at start-up:

@@ -29,6 +29,14 @@ Options (each a constructor argument and a config key, see conf/attention/convnn
 - branch: a fraction `branch_ratio` of the channels through ConvNN, the rest
   through a Conv1d over the token sequence or ordinary softmax attention,
   concatenated before the shared output projection.
+
+Padded text (`attn_mask`, attnexp/layers/contract.py) is defined, not refused:
+padded tokens are never a real query's neighbours while real ones are left
+(they score −finfo.max), and when K exceeds an example's real tokens the
+neighbour slots past them weigh exactly 0 (also inside topk_softmax and
+topk_normalize), so a real token's output never reads a padded one. The conv1d
+branch sees padded tokens as zeros, the attention branch masks them as keys.
+Sampling a sub-grid assumes an image, so a mask with sampling≠all is refused.
 """
 
 from __future__ import annotations
@@ -40,7 +48,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnexp.errors import ArgumentError, require
+from attnexp.layers.attention import pair_bias
 from attnexp.layers.contract import AttentionLayer, inner_width
+from attnexp.layers.randomness import Dropout
 
 # ---------------------------------------------------------------- similarity
 
@@ -169,7 +179,7 @@ class ConvNNMixer(nn.Module):
         self.temperature = temperature
         self.sampling, self.samples = sampling, samples
         self.prime = PRIME_CONVS[prime_conv](v_width // self.heads, width // self.heads, K)
-        self.prime_drop = nn.Dropout(attn_drop) if prime_dropout else nn.Identity()
+        self.prime_drop = Dropout(attn_drop) if prime_dropout else nn.Identity()
 
     def candidates(self, num_tokens: int, device: torch.device) -> torch.Tensor | None:
         """Indices of the tokens the similarity is computed against (None: all of them)."""
@@ -181,8 +191,11 @@ class ConvNNMixer(nn.Module):
             return random_candidates(num_tokens, self.samples, device)
         return spatial_candidates(num_tokens, self.samples, device)
 
-    def weights_and_neighbours(self, q: torch.Tensor, k: torch.Tensor, cand: torch.Tensor | None):
-        """(B, h, N, c) queries, (B, h, M, c) candidate keys → (B, h, N, K) weights and candidate indices."""
+    def weights_and_neighbours(
+        self, q: torch.Tensor, k: torch.Tensor, cand: torch.Tensor | None, real: torch.Tensor | None = None
+    ):
+        """(B, h, N, c) queries, (B, h, M, c) candidate keys → (B, h, N, K) weights and candidate indices.
+        `real`: None or (B, M) bool, the keys that are real tokens (padded ones weigh 0)."""
         N, M = q.shape[2], k.shape[2]
         if self.K > M:
             what = "tokens" if self.sampling == "all" else f"tokens of the {self.sampling} sample"
@@ -191,26 +204,35 @@ class ConvNNMixer(nn.Module):
         cand = torch.arange(M, device=q.device) if cand is None else cand
         is_self = torch.arange(N, device=q.device)[:, None] == cand[None, :]  # (N, M)
         scores = scores.masked_fill(is_self, self.self_score)
+        lowest = torch.finfo(scores.dtype).min
+        if real is not None:
+            scores = scores.masked_fill(~real[:, None, None, :], lowest)  # below every real key's score
         if self.softmax_similarity:
             scores = (scores / self.temperature).softmax(dim=-1)
         weights, neighbours = scores.topk(self.K, dim=-1)  # (B, h, N, K), most similar first
+        kept = None if real is None else real[:, None, None, :].expand_as(scores).gather(-1, neighbours)
+        if kept is not None:
+            weights = weights.masked_fill(~kept, lowest if self.topk_softmax else 0.0)
         if self.topk_softmax:
             weights = (weights / self.temperature).softmax(dim=-1)
+            weights = weights if kept is None else weights.masked_fill(~kept, 0.0)
         if self.topk_normalize:
             total = weights.sum(dim=-1, keepdim=True)
             weights = weights / torch.where(total.abs() < 1e-6, 1e-6, total)  # a zero sum must not blow up
         return weights, neighbours
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, N, _ = x.shape
         h, K = self.heads, self.K
+        ok = attn_mask is None or self.sampling == "all"
+        require(ok, "sampling", self.sampling, "samples an image grid: padded text needs sampling=all")
         q = self.q(x).view(B, N, h, -1).transpose(1, 2)  # (B, h, N, c_qk)
         k = self.k(x).view(B, N, h, -1).transpose(1, 2)  # (B, h, N, c_qk)
         v = self.v(x).view(B, N, h, -1).transpose(1, 2)  # (B, h, N, c_v)
         cand = self.candidates(N, x.device)
         if cand is not None:
             k, v = k[:, :, cand], v[:, :, cand]  # (B, h, M, ·)
-        weights, neighbours = self.weights_and_neighbours(q, k, cand)
+        weights, neighbours = self.weights_and_neighbours(q, k, cand, attn_mask)
         c_v = v.shape[-1]
         index = neighbours.reshape(B, h, N * K, 1).expand(-1, -1, -1, c_v)
         prime = v.gather(2, index) * weights.reshape(B, h, N * K, 1)  # (B, h, N·K, c_v)
@@ -229,7 +251,9 @@ class TokenConv1d(nn.Module):
         super().__init__()
         self.conv = nn.Conv1d(dim, width, K, padding="same")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if attn_mask is not None:
+            x = x * attn_mask[..., None]  # padded tokens read as zeros, like the conv's own padding
         return self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, N, dim) → (B, N, width)
 
 
@@ -250,10 +274,11 @@ class SoftmaxHeads(nn.Module):
         self.v = nn.Linear(dim, width, bias=qkv_bias)
         self.attn_drop = attn_drop
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, N, _ = x.shape
         q, k, v = (p(x).view(B, N, self.num_heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        bias = None if attn_mask is None else pair_bias(attn_mask, q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, bias, dropout_p=self.attn_drop if self.training else 0.0)
         return out.transpose(1, 2).reshape(B, N, -1)  # (B, h, N, d_h) → (B, N, width)
 
 
@@ -323,11 +348,9 @@ class ConvNNAttention(AttentionLayer):
             else None
         )
         self.proj = nn.Linear(inner, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if attn_mask is not None:
-            raise ValueError("ConvNN attention does not take a padding mask")
-        parts = [m(x) for m in (self.convnn, self.branch) if m is not None]
+        parts = [m(x, attn_mask) for m in (self.convnn, self.branch) if m is not None]
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)  # (B, N, dim)
         return self.proj_drop(self.proj(out))

@@ -6,6 +6,11 @@ per image, so one set of maps serves both. Every map acts on the token axis,
 which is -2 in both layouts that use them: (B, heads, tokens, head_dim) inside
 attention and (B, tokens, dim) in SeqPool.
 
+Padded text: every map takes `mask`, None or a bool tensor broadcastable to V,
+True at real tokens ((B, 1, N, 1) in attention, (B, N, 1) in SeqPool). A softmax
+over tokens then runs over the real tokens only and gives padded tokens 0, so
+what sits at a padded position cannot reach a real token through the map.
+
 No map owns a trainable or persistent tensor, so a checkpoint of the plain model
 loads strictly into any of them (the point of the remix fine-tuning study).
 """
@@ -25,9 +30,14 @@ def softmax_upcast(v: torch.Tensor, dim: int) -> torch.Tensor:
     return F.softmax(wide, dim=dim).to(v.dtype)
 
 
-def token_softmax(v: torch.Tensor) -> torch.Tensor:
-    """softmaxᵀ(V): softmax over tokens, per feature."""
-    return softmax_upcast(v, TOKEN_AXIS)
+def token_softmax(v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmaxᵀ(V): softmax over tokens, per feature (over the real ones when a mask is given)."""
+    if mask is None:
+        return softmax_upcast(v, TOKEN_AXIS)
+    wide = v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
+    # −max rather than −inf: an example without a real token stays finite (all zeros below)
+    wide = wide.masked_fill(~mask, -torch.finfo(wide.dtype).max)
+    return F.softmax(wide, dim=TOKEN_AXIS).masked_fill(~mask, 0.0).to(v.dtype)
 
 
 class ValueMap(nn.Module):
@@ -37,7 +47,7 @@ class ValueMap(nn.Module):
 class Identity(ValueMap):
     """f(V) = V: classic attention and the official SeqPool."""
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
+    def forward(self, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return v
 
 
@@ -48,8 +58,8 @@ class TokenSoftmax(ValueMap):
         super().__init__()
         self.scale = scale
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        out = token_softmax(v)
+    def forward(self, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        out = token_softmax(v, mask)
         return out if self.scale == 1.0 else out * self.scale
 
 
@@ -58,9 +68,10 @@ class BatchSoftmax(ValueMap):
 
     Kept only to reproduce that number: the output of one image depends on the
     other images of its batch, so eval accuracy depends on batch composition.
+    A padding mask is ignored: this softmax runs over examples, not tokens.
     """
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
+    def forward(self, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return softmax_upcast(v, 0)
 
 
@@ -94,16 +105,16 @@ class Remix(AlphaMap):
 
     alpha_range = (0.0, 1.0)
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
+    def forward(self, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         alpha = self.alpha.to(v.dtype)
-        return torch.lerp(v, token_softmax(v), alpha)
+        return torch.lerp(v, token_softmax(v, mask), alpha)
 
 
 class Shift(AlphaMap):
     """f(V) = V + α · softmaxᵀ(V), any real α (α=1: softmax+x, α=−1: x−softmax)."""
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return v + self.alpha.to(v.dtype) * token_softmax(v)
+    def forward(self, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return v + self.alpha.to(v.dtype) * token_softmax(v, mask)
 
 
 def scheduled_maps(model: nn.Module) -> list[AlphaMap]:

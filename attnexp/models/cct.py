@@ -17,6 +17,7 @@ from torch import nn
 from attnexp.errors import require, require_rate
 from attnexp.layers.attention import Attention
 from attnexp.layers.block import TransformerBlock, attention_per_block, drop_path_rates
+from attnexp.layers.randomness import Dropout
 from attnexp.layers.tokenizer import ConvTokenizer, conv_stride_padding, make_positional_embedding
 from attnexp.layers.value_maps import Identity
 
@@ -36,7 +37,15 @@ def init_transformer_weights(module: nn.Module) -> None:
 
 
 class TransformerClassifier(nn.Module):
-    """Tokens (B, N, dim) → logits. Holds everything the official `classifier.*` keys name."""
+    """Tokens (B, N, dim) → logits. Holds everything the official `classifier.*` keys name.
+
+    Padded sequences (the text models) pass `mask`, (B, N) bool, True at real tokens:
+    every block's attention gets it, and SeqPool's value map soft-maxes over the real
+    tokens only. SeqPool's weights cover every position, padding included, as in the
+    official MaskedTransformerClassifier; `seqpool_mask=True` gives padded positions
+    none. `padding_row`: the positional table has one extra leading row that no token
+    uses (zero in the sine table), as the official text models' table has.
+    """
 
     def __init__(
         self,
@@ -55,6 +64,8 @@ class TransformerClassifier(nn.Module):
         drop_path: float = 0.1,
         layout: str = "cct",
         qkv_bias: bool = False,
+        seqpool_mask: bool = False,
+        padding_row: bool = False,
     ):
         super().__init__()
         require(pooling in POOLINGS, "pooling", pooling, f"one of {', '.join(POOLINGS)}")
@@ -69,6 +80,7 @@ class TransformerClassifier(nn.Module):
         for name, rate in (("dropout", dropout), ("attn_drop", attn_drop), ("drop_path", drop_path)):
             require_rate(name, rate)
         self.seq_pool = pooling == "seqpool"
+        self.seqpool_mask = seqpool_mask
         self.seqpool_stats: dict | None = None  # a dict while the attention_stats callback collects
         if self.seq_pool:
             self.attention_pool = nn.Linear(dim, 1)
@@ -77,7 +89,11 @@ class TransformerClassifier(nn.Module):
             self.class_emb = nn.Parameter(torch.zeros(1, 1, dim))
             num_tokens += 1
         self.positional_emb = make_positional_embedding(positional_embedding, num_tokens, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.padding_row = padding_row and self.positional_emb is not None
+        if self.padding_row:
+            table = self.positional_emb
+            self.positional_emb = nn.Parameter(F.pad(table.data, (0, 0, 1, 0)), requires_grad=table.requires_grad)
+        self.dropout = Dropout(dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(
                 dim, num_heads, int(dim * mlp_ratio), attn, dropout, attn_drop, rate, layout, qkv_bias=qkv_bias
@@ -88,22 +104,27 @@ class TransformerClassifier(nn.Module):
         self.fc = nn.Linear(dim, num_classes)
         self.apply(init_transformer_weights)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if not self.seq_pool:
             x = torch.cat((self.class_emb.expand(x.shape[0], -1, -1), x), dim=1)
+            if mask is not None:  # the class token is real
+                mask = torch.cat((mask.new_ones(mask.shape[0], 1), mask), dim=1)
         if self.positional_emb is not None:
-            x = x + self.positional_emb
+            x = x + (self.positional_emb[:, 1:] if self.padding_row else self.positional_emb)
         x = self.dropout(x)
         for block in self.blocks:
-            x = block(x)
+            x = block(x) if mask is None else block(x, attn_mask=mask)
         return self.norm(x)  # (B, N, dim)
 
-    def pool(self, x: torch.Tensor) -> torch.Tensor:
+    def pool(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if not self.seq_pool:
             return x[:, 0]
         # w: (B, N, 1) softmax over tokens; pooled = wᵀ · f(x)
-        w = F.softmax(self.attention_pool(x), dim=1)
-        fx = self.seqpool_value(x)
+        scores = self.attention_pool(x)
+        if mask is not None and self.seqpool_mask:
+            scores = scores.masked_fill(~mask[..., None], torch.finfo(scores.dtype).min)
+        w = F.softmax(scores, dim=1)
+        fx = self.seqpool_value(x) if mask is None else self.seqpool_value(x, mask[..., None])
         if self.seqpool_stats is not None:
             self._record_seqpool(x, fx, w)
         return (w.transpose(-1, -2) @ fx).squeeze(-2)
@@ -119,8 +140,8 @@ class TransformerClassifier(nn.Module):
             fx_min=fx.min(), fx_max=fx.max(), fx_mean=fx.float().mean(), weight_entropy=entropy,
         )  # fmt: skip
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.forward_features(x)))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fc(self.pool(self.forward_features(x, mask), mask))
 
 
 class CompactTransformer(nn.Module):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from attnexp.errors import require, require_rate
+from attnexp.layers.randomness import Dropout
 
 
 class ConvStem(nn.Module):
@@ -57,10 +58,10 @@ class CNN(nn.Module):
         require_rate("hidden_dropout", hidden_dropout)
         self.features = ConvStem(in_channels)
         side = ConvStem.output_side(image_size)
-        self.dropout1 = nn.Dropout(feature_dropout)
+        self.dropout1 = Dropout(feature_dropout)
         self.fc1 = nn.Linear(self.features.out_channels * side * side, hidden_dim)
         self.act = nn.ReLU()
-        self.dropout2 = nn.Dropout(hidden_dropout)
+        self.dropout2 = Dropout(hidden_dropout)
         self.fc2 = nn.Linear(hidden_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

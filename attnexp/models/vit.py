@@ -26,6 +26,7 @@ from torch import nn
 from attnexp.errors import ArgumentError, require, require_rate
 from attnexp.layers.attention import Attention
 from attnexp.layers.block import TransformerBlock, as_partial, attention_per_block
+from attnexp.layers.randomness import Dropout
 from attnexp.models.cnn import ConvStem
 
 PIXEL_COUNT = "pixel_count"
@@ -108,7 +109,7 @@ class ViT(nn.Module):
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
         # sized from the declared side: the seed's table is far longer than the N + 1 rows in use
         self.pos_embedding = nn.Parameter(torch.randn(1, (declared // patch_size) ** 2 + 1, dim))
-        self.dropout = nn.Dropout(emb_dropout)
+        self.dropout = Dropout(emb_dropout)
         # reattention is passed only when on: attention classes without that keyword still plug in
         factories = attention_per_block(attn_layer, num_layers, **({"reattention": True} if reattention else {}))
         self.blocks = nn.ModuleList(
