@@ -22,7 +22,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from attnexp.build import build_alpha, build_data, build_model, input_size, load_weights, read_checkpoint, weights_source
+from attnexp.build import build_alpha, build_data, build_model, load_weights, read_checkpoint, weights_source
 from attnexp.callbacks import AtomicCheckpointIO, GracefulStop, RunRecorder, StopRequested
 from attnexp.module import ClassifierModule, NonFiniteLoss
 from attnexp.rundir import RunRecord, provenance
@@ -362,8 +362,9 @@ def summary(cfg: DictConfig, record: RunRecord | None = None) -> dict:
     for m in model.modules():  # the FLOP counter cannot see inside CPU fused attention kernels
         if isinstance(m, Attention) and m.reattn is None:
             m.fused = False
-    size, channels = input_size(cfg), cfg.data.in_channels
-    x = torch.zeros(1, channels, size, size)
+    from attnexp.preflight import example_input
+
+    x = example_input(cfg, model, 1)  # one image, or one text's word ids
     tokens = []  # the sequence length entering the first transformer block (class token included)
     blocks = [m for m in model.modules() if isinstance(m, TransformerBlock)]
     hook = blocks[0].register_forward_pre_hook(lambda m, args: tokens.append(args[0].shape[1])) if blocks else None
@@ -378,7 +379,7 @@ def summary(cfg: DictConfig, record: RunRecord | None = None) -> dict:
         "params": trainable_parameters(model),
         "gflops_per_image": counter.get_total_flops() / 1e9,
         "tokens": tokens[0] if tokens else None,
-        "image_size": size,
+        "image_size": x.shape[-1] if x.dim() == 4 else None,
     }
     print(
         f"{info['model']}: {info['params']:,} trainable parameters, "

@@ -369,6 +369,55 @@ class RootSchema:
     convnn_lines: Any = None
 
 
+# ---------------------------------------------------------------- text classification (issue 17)
+
+
+@dataclass
+class TextDataSchema:
+    _target_: str = "attnexp.data.text_datamodule.TextDataModule"
+    name: str = "text_demo"
+    root: str = "data"
+    num_classes: int = 2
+    seq_len: int = 64
+    min_freq: int = 1
+    max_size: int = 20000
+    batch_size: int = 128
+    eval_batch_size: int = 128
+    val_split: float = 0.0
+    loader: str = "auto"
+    fine_labels: bool = False
+    train_size: int = 4000
+    test_size: int = 1000
+    INJECTED: ClassVar[tuple] = ("seed",)
+
+
+@dataclass
+class TextCCTSchema:
+    _target_: str = "attnexp.models.text_cct.TextCCT"
+    vocab_size: int = 20000
+    num_classes: int = 2
+    seq_len: int = 64
+    word_embedding_dim: int = 300
+    dim: int = 128
+    num_layers: int = 2
+    num_heads: int = 2
+    mlp_ratio: float = 1.0
+    kernel_size: int = 4
+    positional_embedding: str = "sine"
+    dropout: float = 0.0
+    attn_drop: float = 0.1
+    drop_path: float = 0.1
+    attn_layer: Any = None
+    seqpool_value: Any = None
+    seqpool_mask: bool = False
+    embeddings: str = "learned"
+    embeddings_path: Optional[str] = None
+    freeze_embeddings: bool = False
+    pretrained: Optional[str] = None
+    official_name: Optional[str] = None
+    ROUTED: ClassVar[tuple] = ("pretrained", "official_name")
+
+
 # (ConfigStore path under schema/, dataclass); the yamls name these paths
 SCHEMAS: dict[str, type] = {
     "root": RootSchema,
@@ -393,6 +442,8 @@ SCHEMAS: dict[str, type] = {
     "trainer/trainer": TrainerSchema,
     "logger/tensorboard": TensorBoardLoggerSchema,
     "paths/paths": PathsSchema,
+    "data/text": TextDataSchema,
+    "model/text_cct": TextCCTSchema,
 }
 
 

@@ -14,6 +14,7 @@ left here ties two objects, or the job, together:
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
@@ -50,6 +51,24 @@ def _missing_keys(node: Any, prefix: str = "") -> list[str]:
                 if isinstance(child, DictConfig):
                     out += _missing_keys(child, path + ".")
     return out
+
+
+@rule
+def _model_reads_its_data(cfg, choices):
+    """A model reads sizes from the data node (`${data.num_classes}`, a text model's
+    `${data.max_size}`): data of another kind lacks them. Said before anything resolves them."""
+    model, data = cfg.get("model"), cfg.get("data")
+    if not isinstance(model, DictConfig) or not isinstance(data, DictConfig):
+        return
+    raw = OmegaConf.to_container(model, resolve=False)
+    wanted = {m for v in raw.values() if isinstance(v, str) for m in re.findall(r"\$\{data\.(\w+)\}", v)}
+    lacking = sorted(k for k in wanted if k not in data)
+    if lacking:
+        raise ConfigError(
+            "model",
+            choices.get("model"),
+            f"reads data.{lacking[0]}, which data={choices.get('data')} does not have (data for another kind of model)",
+        )
 
 
 @rule
