@@ -155,9 +155,9 @@ def _images(cfg: DictConfig, train: bool) -> int:
     limit, batch = (t.limit_train_batches, d.batch_size) if train else (t.limit_val_batches, d.eval_batch_size)
     if limit is None:
         return n
-    if isinstance(limit, float) and limit <= 1.0:  # Lightning: a fraction of the epoch
-        return int(n * limit)
-    return min(n, int(limit) * batch)
+    if isinstance(limit, float):  # Lightning: a fraction of the epoch (an int: a number of batches)
+        return int(n * min(limit, 1.0))
+    return min(n, limit * batch)
 
 
 def measure(cfg: DictConfig) -> dict:

@@ -288,9 +288,11 @@ class TrainerSchema:
     max_epochs: int = 200
     deterministic: bool = False
     check_val_every_n_epoch: int = 1
-    limit_train_batches: Optional[float] = None  # ≤ 1.0: fraction, > 1: batch count
-    limit_val_batches: Optional[float] = None
-    limit_test_batches: Optional[float] = None
+    # Lightning's rule: an int is a number of batches, a float a fraction of the epoch. `Any`, since
+    # a float field would turn `limit_val_batches=1` (one batch) into 1.0 (the whole epoch)
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
     gradient_clip_val: Optional[float] = None
     log_every_n_steps: int = 50
     enable_progress_bar: Optional[bool] = None  # None: only on a terminal
