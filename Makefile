@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo lint test test-all bench clean
+.PHONY: install demo lint test test-all bench gpu-wheels gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,24 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/attnexp-bench
+
+# The GPU check (docs/speed.md). The GPU machine has Python 3.12, torch, torchvision, Lightning,
+# tensorboard, but no package registry and not what attnexp's configs need: fetch those wheels
+# first, on a machine with the registries (antlr4 4.9.3 is an sdist only: build its wheel).
+GPU_WHEELS ?= .gpu-wheels
+GPU_PYTHON ?= python3
+GPU_PKGS   := "hydra-core>=1.3,<1.4" "omegaconf>=2.3,<2.4" PyYAML pytest pluggy iniconfig packaging pygments
+gpu-wheels: $(STAMP)
+	$(PY) -m pip download -q --dest $(GPU_WHEELS) --only-binary=:all: --python-version 3.12 \
+		--platform manylinux2014_x86_64 --no-deps $(GPU_PKGS)
+	$(PY) -m pip wheel -q --no-deps --wheel-dir $(GPU_WHEELS) antlr4-python3-runtime==4.9.3
+
+# On the GPU machine: make gpu-check OUT=<folder>; each step writes its result there as it ends.
+OUT ?= gpu-check
+gpu-check:
+	$(GPU_PYTHON) -m pip install -q --no-index --find-links $(GPU_WHEELS) $(GPU_PKGS) antlr4-python3-runtime==4.9.3
+	$(GPU_PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
+	$(GPU_PYTHON) scripts/gpu_check.py $(OUT)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

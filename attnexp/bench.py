@@ -538,6 +538,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="compiled variant for the first attention choice of each model, for all, or none (default: first)",
     )
     p.add_argument("--no-path", action="store_true", help="skip the training-path comparison")
+    p.add_argument(
+        "--pack",
+        default=None,
+        help="only the packed-run comparison: one packed step of K members vs K unpacked steps, for each K "
+        "(comma-separated, e.g. 1,4; a GPU: 1,2,4,8,16)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--out", default="bench.json")
     args = p.parse_args(argv)
@@ -593,6 +599,8 @@ def run(argv=None) -> dict:
         for attention in attentions:
             compose(model_name, attention, *data_overrides)
 
+    if args.pack:
+        return bench_pack(models, [int(k) for k in args.pack.split(",")], device, data_overrides, args)
     report = {
         "machine": machine(device),
         "batch_size": args.batch_size,
@@ -633,6 +641,35 @@ def run(argv=None) -> dict:
     report["out"] = str(Path(args.out).resolve())
     Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
     print_report(report)
+    return report
+
+
+def bench_pack(models: list[str], sizes: list[int], device, data_overrides, args) -> dict:
+    """sweep.pack's gain: seconds of one packed train step of K members (each its own batch of
+    --batch-size images, attnexp.pack) against K unpacked steps; the ratio is printed, not asserted."""
+    from attnexp.sweep import measure
+
+    device_overrides = ["trainer=cpu"] if device.type == "cpu" else []
+    rows = []
+    for model_name in models:
+        cfg = compose(model_name, "softmax", *data_overrides, *device_overrides, f"data.batch_size={args.batch_size}")
+        print(f"attnexp-bench: {model_name} ...", file=sys.stderr, flush=True)
+        single = measure(cfg, probe_batch=args.batch_size)["s_per_image"] * args.batch_size  # K=1: unpacked
+        for k in sizes:
+            step = (
+                single if k == 1 else measure(cfg, pack=k, probe_batch=args.batch_size)["s_per_image"] * args.batch_size
+            )
+            rows.append({"model": model_name, "k": k, "packed_step_s": step, "unpacked_steps_s": k * single})
+    report = {"machine": machine(device), "batch_size": args.batch_size, "pack": rows}
+    print(f"\npacked steps ({report['machine'].get('device', device.type)}, batch {args.batch_size} per member):")
+    print(f"  {'model':<8} {'K':>3} {'packed step':>12} {'K unpacked':>11} {'speed-up':>9}")
+    for r in rows:
+        print(
+            f"  {r['model']:<8} {r['k']:>3} {r['packed_step_s']:>11.4f}s {r['unpacked_steps_s']:>10.4f}s "
+            f"{r['unpacked_steps_s'] / r['packed_step_s']:>8.2f}×"
+        )
+    Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"\nwrote {Path(args.out).resolve()}")
     return report
 
 

@@ -54,7 +54,8 @@ def _given(overrides: list[str], key: str) -> bool:
 def checkpoint_overrides(overrides: list[str]) -> list[str]:
     """A checkpoint's run lends its own overrides (the command's win): resuming continues in its
     folder; evaluating scores it on the data it was trained with, in a folder of its own."""
-    ckpt = next((o.split("=", 1)[1] for o in overrides if _key(o) == "ckpt_path"), None)
+    # the parsed value: a path holding '=' (a sweep job's folder) must be quoted on the command line
+    ckpt = next((parse_overrides([o])[0].value() for o in overrides if _key(o) == "ckpt_path"), None)
     mode = next((o.split("=", 1)[1] for o in overrides if _key(o) == "mode"), "train")
     if not ckpt or ckpt == "null" or mode not in ("train", "eval"):
         return overrides
@@ -182,6 +183,41 @@ def plan(overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str], str, D
     return master, jobs
 
 
+def packs(master: DictConfig, jobs: list) -> list[list[int]] | None:
+    """sweep.pack: which jobs train together (each pack checked: attnexp.packrun.refusal)."""
+    from attnexp.packrun import PACKABLE, group, refusal
+
+    pack = master.sweep.pack
+    if not pack:
+        return None
+    if pack not in PACKABLE:
+        raise ConfigError("sweep.pack", pack, f"one of {', '.join(PACKABLE)} (or null)")
+    grouped = group([o for o, _, _ in jobs], pack)
+    for members in grouped:
+        _, _, cfg = jobs[members[0]]
+        with hydra_config(cfg):
+            body, _ = split_hydra(cfg)
+            why = refusal(body)
+        if why:
+            raise ConfigError("sweep.pack", pack, why)
+    return grouped
+
+
+def pack_jobs(sweep_dir: str, jobs: list, grouped: list[list[int]]) -> list[list[str]]:
+    """One launched job per pack: its first member's overrides, naming the members (their places
+    in sweep.json); packs whose members are all done (sweep.resume) are left out, done members too."""
+    from attnexp.sweep import read_manifest
+
+    places = {j.dir: i for i, j in enumerate(read_manifest(sweep_dir))}
+    launched = []
+    for members in grouped:
+        left = [m for m in members if read_metrics(Path(sweep_dir) / jobs[m][1]).get("status") != "done"]
+        if left:
+            overrides, _, _ = jobs[left[0]]
+            launched.append([*overrides, f"sweep.members=[{','.join(str(places[jobs[m][1]]) for m in left)}]"])
+    return launched
+
+
 def _release(folder: str) -> None:
     """Give back a sweep folder this command claimed (created empty) but will not use."""
     try:
@@ -202,8 +238,14 @@ def sweep(overrides: list[str]) -> int:
     master, jobs = plan(overrides)
     with hydra_config(master):
         sweep_dir = str(master.hydra.sweep.dir)
+    try:
+        grouped = packs(master, jobs)
+    except StartupError:
+        if not _given(overrides, "hydra.sweep.dir"):
+            _release(sweep_dir)
+        raise
     if master.sweep.dry_run:
-        sweeps.dry_run(sweep_dir, [(sweeps.Job(o, d), cfg) for o, d, cfg in jobs])
+        sweeps.dry_run(sweep_dir, [(sweeps.Job(o, d), cfg) for o, d, cfg in jobs], grouped)
         if not _given(overrides, "hydra.sweep.dir"):
             _release(sweep_dir)
         return 0
@@ -211,11 +253,12 @@ def sweep(overrides: list[str]) -> int:
     resume = shlex.join(["attnexp", "-m"] + again + [f"hydra.sweep.dir={sweep_dir}", "sweep.resume=true"])
     sweeps.write_manifest(sweep_dir, [sweeps.Job(o, d) for o, d, _ in jobs], command=os.environ["ATTNEXP_COMMAND"])
     OmegaConf.save(master, Path(sweep_dir) / "multirun.yaml")
+    launched = pack_jobs(sweep_dir, jobs, grouped) if grouped else [o for o, _, _ in jobs]
     configure_log(master.hydra.hydra_logging, master.hydra.verbose)
     launcher = Plugins.instance().instantiate_launcher(hydra_context=_context(), task_function=job, config=master)
     launcher_failed = False
     try:
-        launcher.launch([o for o, _, _ in jobs], initial_job_idx=0)
+        launcher.launch(launched, initial_job_idx=0)
     except Exception as e:  # a pool killed by SIGKILL: the summary says which jobs it did not finish
         print(f"attnexp: the launcher stopped early ({type(e).__name__}); jobs it did not finish are incomplete",
               file=sys.stderr)  # fmt: skip
@@ -248,7 +291,7 @@ def _resume_or_run(cfg: DictConfig, run_dir: str, multirun: bool) -> dict | None
         from attnexp import sweep as sweeps
 
         sweeps.use_platform_start_method()  # joblib's loky workers: DataLoader workers need it
-        if cfg.sweep.resume or sweeps.requeued():
+        if (cfg.sweep.resume or sweeps.requeued()) and not cfg.sweep.members:  # a pack retrains its members left
             if read_metrics(run_dir).get("status") == "done":
                 print(f"[skip] {run_dir}: done")
                 return None
@@ -263,6 +306,10 @@ def _run_recorded(cfg: DictConfig, run_dir: str, multirun: bool) -> dict | None:
     from attnexp.run import RunFailed, run_mode
 
     try:
+        if cfg.sweep.members:
+            from attnexp.packrun import train_pack
+
+            return train_pack(cfg)
         return run_mode(cfg)
     except RunFailed as e:
         if multirun and e.status == "interrupted":

@@ -111,7 +111,30 @@ def param_groups(model: nn.Module) -> list[dict]:
     return groups() if groups is not None else [{"params": list(model.parameters())}]
 
 
-class ClassifierModule(pl.LightningModule):
+class EpochRateSchedule:
+    """The optimizer and its per-epoch rates, for a LightningModule with `optimizer_factory`,
+    `epoch_rates` and `base_lrs` whose `trained()` module holds what the optimizer updates."""
+
+    def configure_optimizers(self):
+        # no Lightning scheduler: set_lr gives every step its rate (a checkpointed scheduler
+        # would carry a stale rate into the first resumed epoch)
+        optimizer = self.optimizer_factory(param_groups(self.trained()))
+        self.base_lrs = [group["lr"] * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
+        return optimizer
+
+    def set_lr(self, epoch: int) -> None:
+        """The rate of every step of `epoch`, from the config alone (constant within an epoch)."""
+        factor = self.epoch_rates(epoch) if self.epoch_rates is not None else 1.0
+        for group, base in zip(self.optimizers().param_groups, self.base_lrs):
+            group["lr"] = base * factor
+
+    # set before Lightning's LearningRateMonitor reads it at the epoch's start, so it logs the rate
+    # the epoch trains with; on_train_start also covers a resume (mid-epoch included)
+    def on_train_start(self) -> None:
+        self.set_lr(self.current_epoch)
+
+
+class ClassifierModule(EpochRateSchedule, pl.LightningModule):
     def __init__(
         self,
         model: nn.Module,
@@ -164,17 +187,6 @@ class ClassifierModule(pl.LightningModule):
             self.set_alpha(self.alpha_schedule(self.global_step, self.trainer.num_training_batches))
             self.log("alpha", self.alpha_value, on_step=True, on_epoch=False)
 
-    def set_lr(self, epoch: int) -> None:
-        """The rate of every step of `epoch`, from the config alone (constant within an epoch)."""
-        factor = self.epoch_rates(epoch) if self.epoch_rates is not None else 1.0
-        for group, base in zip(self.optimizers().param_groups, self.base_lrs):
-            group["lr"] = base * factor
-
-    # set before Lightning's LearningRateMonitor reads it at the epoch's start, so it logs the rate
-    # the epoch trains with; on_train_start also covers a resume (mid-epoch included)
-    def on_train_start(self) -> None:
-        self.set_lr(self.current_epoch)
-
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
         self.set_lr(self.current_epoch + 1)
@@ -220,12 +232,8 @@ class ClassifierModule(pl.LightningModule):
         self._log_epoch("test")
 
     # ------------------------------------------------------------ optimisation
-    def configure_optimizers(self):
-        # no Lightning scheduler: set_lr gives every step its rate (a checkpointed scheduler
-        # would carry a stale rate into the first resumed epoch)
-        optimizer = self.optimizer_factory(param_groups(self.model))
-        self.base_lrs = [group["lr"] * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
-        return optimizer
+    def trained(self) -> nn.Module:
+        return self.model
 
     # ------------------------------------------------------------ checkpoints carry the config and α
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -129,7 +129,9 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")  # epoch metrics are ours
 
 
-def make_trainer(cfg: DictConfig, callbacks: list, logger, root_dir: str | None = None) -> pl.Trainer:
+def make_trainer(
+    cfg: DictConfig, callbacks: list, logger, root_dir: str | None = None, checkpointing: bool = True
+) -> pl.Trainer:
     """Lightning's Trainer from the trainer node (hydra.utils.instantiate); attnexp fills what
     depends on the machine (auto accelerator, precision and progress bar) and its own parts.
     `root_dir`: the run's folder (None for the start-up check, which writes nothing)."""
@@ -147,6 +149,7 @@ def make_trainer(cfg: DictConfig, callbacks: list, logger, root_dir: str | None 
         callbacks=callbacks + extra,
         logger=logger,
         default_root_dir=root_dir,
+        enable_checkpointing=checkpointing,  # a pack writes its members' checkpoints itself
         plugins=[AtomicCheckpointIO()],
     )
 

@@ -86,7 +86,16 @@ def provenance(run_dir: str | os.PathLike) -> dict:
     if diff:
         atomic_write_text(Path(run_dir) / "git.diff", diff)
     versions = {}
-    for pkg in ("attnexp", "torch", "torchvision", "pytorch-lightning", "hydra-core", "omegaconf", "tensorboard", "timm"):
+    for pkg in (
+        "attnexp",
+        "torch",
+        "torchvision",
+        "pytorch-lightning",
+        "hydra-core",
+        "omegaconf",
+        "tensorboard",
+        "timm",
+    ):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -160,34 +160,52 @@ def _images(cfg: DictConfig, train: bool) -> int:
     return min(n, limit * batch)
 
 
-def measure(cfg: DictConfig) -> dict:
+def measure(cfg: DictConfig, pack: int = 1, probe_batch: int | None = None) -> dict:
     """Parameters, forward GFLOPs per image, and seconds per training image from a few timed train
-    steps (after a warm-up step) on this machine: PROBE_BATCH images on a CPU, the full batch on a GPU."""
+    steps (after a warm-up step) on this machine: PROBE_BATCH images on a CPU, the full batch on a GPU.
+    pack=K: one packed step of K members (s_per_image is then per image of every member: the pack's
+    step time over one member's batch)."""
     import torch
     from hydra.utils import instantiate
     from torch.utils.flop_counter import FlopCounterMode
 
-    from attnexp.build import build_model, input_size
+    from attnexp.build import build_model
+    from attnexp.preflight import example_input
 
     if cfg.compute.num_threads:
         torch.set_num_threads(cfg.compute.num_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
-    size, channels = input_size(cfg), cfg.data.in_channels
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, channels, size, size, device=device))
-    batch = cfg.data.batch_size if device.type == "cuda" else min(cfg.data.batch_size, PROBE_BATCH)
-    x = torch.randn(batch, channels, size, size, device=device)
-    y = torch.randint(0, cfg.data.num_classes, (batch,), device=device)
-    optimizer = instantiate(cfg.optimizer)(model.parameters())
+        model(example_input(cfg, model, 1, device))  # one image, or one text's word ids
+    batch = probe_batch or (cfg.data.batch_size if device.type == "cuda" else min(cfg.data.batch_size, PROBE_BATCH))
+    x = example_input(cfg, model, batch, device)
+    x = torch.stack([x] * pack) if pack > 1 else x
+    y = torch.randint(0, cfg.data.num_classes, x.shape[: 2 if pack > 1 else 1], device=device)
+    if pack > 1:  # K members, each its own data: one vectorised step (attnexp.pack)
+        from attnexp.pack import PackedModule
+
+        models = [model.train()] + [build_model(cfg).to(device).train() for _ in range(pack - 1)]
+        packed = PackedModule(models, seeds=list(range(pack)), optimizer=instantiate(cfg.optimizer)).to(device)
+        optimizer = instantiate(cfg.optimizer)(packed.stacked.values())
+
+        def loss() -> torch.Tensor:
+            masks = packed.member_masks(tuple(x.shape[1:]), 0)
+            return packed._losses(packed.forward_members(x, False, masks), y, 0.0)[0].sum()
+    else:
+        optimizer = instantiate(cfg.optimizer)(model.parameters())
+
+        def loss() -> torch.Tensor:
+            return torch.nn.functional.cross_entropy(model(x), y)
+
     model.train()
 
     def step() -> float:
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+        loss().backward()
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -218,10 +236,11 @@ def _duration(seconds: float) -> str:
     return f"{minutes:.0f}min" if minutes < 60 else f"{int(minutes // 60)}h{int(minutes % 60):02d}"
 
 
-def dry_run(sweep_dir: str, jobs: list[tuple[Job, DictConfig]]) -> None:
-    """List the jobs, their folders and an estimated time each; run and create nothing."""
+def dry_run(sweep_dir: str, jobs: list[tuple[Job, DictConfig]], packs: list[list[int]] | None = None) -> None:
+    """List the jobs, their folders and an estimated time each (and the packs: which jobs train
+    together, each pack's time from a timed packed step); run and create nothing."""
     print(f"[dry run] sweep folder: {sweep_dir}  ({len(jobs)} jobs; nothing is run or written)")
-    cache: dict[str, dict] = {}
+    cache: dict = {}  # model shape (and pack size) → its measurement
     rows = []
     for i, (job, cfg) in enumerate(jobs):
         # jobs that differ only in the seed or the recipe cost the same per step: time each model once
@@ -244,3 +263,16 @@ def dry_run(sweep_dir: str, jobs: list[tuple[Job, DictConfig]]) -> None:
         f"  total ≈ {_duration(total)} one job at a time; rate: median of {TIMED_STEPS} timed {batch} train steps"
         f" per model on this machine ({device}). The machine that trains decides the real time."
     )
+    if packs:
+        pack_total = 0.0
+        print(f"  packed (sweep.pack={jobs[0][1].sweep.pack}): {len(packs)} packed jobs")
+        for n, members in enumerate(packs):
+            cfg = jobs[members[0]][1]
+            key = json.dumps(OmegaConf.to_container(cfg.model, resolve=True), sort_keys=True, default=str)
+            if len(members) > 1 and (key, len(members)) not in cache:
+                cache[key, len(members)] = measure(cfg, pack=len(members))
+            measured = cache[key, len(members)] if len(members) > 1 else rows[members[0]][2]
+            seconds = job_seconds(measured, cfg)
+            pack_total += seconds
+            print(f"  pack {n}: jobs {', '.join(map(str, members))} together, est. {_duration(seconds)}")
+        print(f"  total ≈ {_duration(pack_total)} one pack at a time (a timed packed step of each pack's size)")

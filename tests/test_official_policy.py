@@ -335,6 +335,7 @@ def test_config_selects_the_official_policy():
 # ------------------------------------------------------------------ CUDA
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device visible (tests hide GPUs unless CUDA_VISIBLE_DEVICES is set)"
 )

@@ -28,6 +28,7 @@ CONFIG_MODULE = "attnexp.conf"
 BOOKKEEPING_KEYS = (
     "seed", "ckpt_path", "experiment", "data.root", "data.num_workers", "data.download",
     "paths.data_dir", "paths.output_dir", "compute.num_threads", "trainer.enable_progress_bar", "sweep.resume", "sweep.dry_run", "sweep.swept",
+    "sweep.pack", "sweep.members",
 )  # fmt: skip
 BOOKKEEPING_PREFIXES = ("hydra.", "hydra/", "sweep.", "paths.")
 

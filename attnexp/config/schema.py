@@ -341,6 +341,8 @@ class SweepSchema:
     resume: bool = False
     dry_run: bool = False
     swept: List[str] = field(default_factory=list)  # set by the CLI: the keys this sweep varies
+    pack: Optional[str] = None  # seed | alpha: train the jobs that differ only in it as one vectorised job
+    members: List[int] = field(default_factory=list)  # set by attnexp: a pack's jobs (places in sweep.json)
 
 
 @dataclass

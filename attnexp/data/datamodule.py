@@ -119,7 +119,8 @@ class ImageDataModule(pl.LightningDataModule):
     def _rank(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
 
-    def make_loader(self, split: Split, train: bool) -> TensorLoader:
+    def make_loader(self, split: Split, train: bool, seed: int | None = None) -> TensorLoader:
+        """`seed`: another run's data order and augmentation (a packed member's); default this run's."""
         impl = "torchvision" if self.loader == "torchvision" else "batched"
         rank, world = self._rank()
         return TensorLoader(
@@ -129,7 +130,7 @@ class ImageDataModule(pl.LightningDataModule):
             self.std,
             shuffle=train,
             augment=build_augment(self.augment_spec, impl) if train else None,
-            seed=self.seed,
+            seed=self.seed if seed is None else seed,
             num_workers=self.num_workers if train else 0,
             rank=rank,
             world_size=world,

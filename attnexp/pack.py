@@ -1,0 +1,320 @@
+"""Packed runs: K members of one configuration (seeds, or values of α) trained as one model.
+
+The members' parameters are stacked (`torch.func.stack_module_state`) and one
+`vmap(functional_call(...))` runs all K forwards and backwards at once; AdamW is
+elementwise, so one optimizer over the stacked tensors is K independent ones.
+Each member keeps what its unpacked run would have: its initialisation (built
+with its own seed), its data order and augmentation (its own seeded loader),
+its α, and its dropout / attention-dropout / stochastic-depth masks, drawn per
+step from a generator seeded exactly as its unpacked run seeds torch's, in the
+order recorded once from the model (attnexp.layers.randomness) — so on the CPU a
+member's losses and accuracies equal its unpacked run's.
+
+A member is an ordinary run: its own folder, metrics.json (with `packed_with`),
+TensorBoard events and single-model best/last checkpoints. A member whose loss
+turns non-finite is marked diverged and frozen (its slice of the weights and of
+AdamW's state restored after every step) while the others go on.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from attnexp.layers import randomness
+from attnexp.layers.value_maps import scheduled_maps
+from attnexp.module import EpochMetrics, EpochRates, EpochRateSchedule, _step_seed
+
+
+def _safe(name: str) -> str:
+    return name.replace(".", "__")  # ParameterDict keys cannot hold dots
+
+
+@dataclass
+class MemberState:
+    """What the pack tracks for one member between epochs."""
+
+    seed: int
+    alpha: object = None  # its α schedule (None: no α)
+    diverged_step: int | None = None
+    history: list = field(default_factory=list)
+    best_acc1: float | None = None
+    best_state: dict | None = None  # its weights at the best validation top-1 (CPU copies)
+
+
+class PackedModule(EpochRateSchedule, pl.LightningModule):
+    def __init__(
+        self,
+        models: list[nn.Module],
+        seeds: list[int],
+        optimizer,
+        scheduler=None,
+        label_smoothing: float = 0.0,
+        eval_label_smoothing: float = 0.0,
+        alphas: list | None = None,
+    ):
+        super().__init__()
+        self.size = len(models)
+        params, buffers = stack_module_state(models)
+        self.names = {_safe(k): k for k in [*params, *buffers]}
+        self.stacked = nn.ParameterDict({_safe(k): nn.Parameter(v) for k, v in params.items()})
+        for k, v in buffers.items():
+            self.register_buffer(_safe(k), v, persistent=True)
+        self.state_keys = list(models[0].state_dict())  # what a member's own checkpoint holds
+        self._base = [copy.deepcopy(models[0]).to("meta")]  # a list: not a submodule (no meta parameters)
+        self.alpha_keys = [k for k in buffers if k.rsplit(".", 1)[-1] == "alpha"] if scheduled_maps(models[0]) else []
+        self.members = [MemberState(seed, a) for seed, a in zip(seeds, alphas or [None] * len(seeds))]
+        self.optimizer_factory = optimizer
+        self.epoch_rates = EpochRates(scheduler) if scheduler is not None else None
+        self.base_lrs: list[float] = []
+        self.label_smoothing, self.eval_label_smoothing = label_smoothing, eval_label_smoothing
+        self.metrics = nn.ModuleList(
+            nn.ModuleDict({f"{stage}_metrics": EpochMetrics() for stage in ("train", "val", "test")}) for _ in models
+        )
+        self.alpha_values: list[float | None] = [None] * self.size
+        self._plans: dict[tuple, list] = {}
+        self._frozen: dict[int, dict] = {}  # member → its weights and AdamW state when it diverged
+
+    # ------------------------------------------------------------ the vectorised forward
+    @property
+    def base(self) -> nn.Module:
+        return self._base[0]
+
+    def tensors(self) -> tuple[dict, dict]:
+        params = {self.names[k]: p for k, p in self.stacked.items()}
+        buffers = {self.names[k]: b for k, b in self.named_buffers() if k in self.names}
+        return params, buffers
+
+    def member_tensors(self, k: int) -> dict:
+        params, buffers = self.tensors()
+        return {name: t[k] for name, t in {**params, **buffers}.items()}
+
+    def plan(self, shape: tuple) -> list:
+        """The (shape, keep) of every mask one training forward of this input shape draws, in order."""
+        if shape not in self._plans:
+            self.base.train()
+            x = torch.zeros(shape, device=self.device)
+            with torch.no_grad(), randomness.recording() as tape:
+                functional_call(self.base, self.member_tensors(0), (x,))
+            self._plans[shape] = tape.plan
+        return self._plans[shape]
+
+    def member_masks(self, shape: tuple, step: int) -> list[torch.Tensor]:
+        """Each member's masks for this step, from its own generator seeded as its unpacked run seeds torch's."""
+        plan = self.plan(shape)
+        if not plan:
+            return []
+        like = torch.empty(0, device=self.device)
+        gens = [torch.Generator(self.device).manual_seed(_step_seed(m.seed, step)) for m in self.members]
+        drawn = [[randomness.fresh_mask(like, s, keep, g) for s, keep in plan] for g in gens]
+        return [torch.stack([member[i] for member in drawn]) for i in range(len(plan))]
+
+    def forward_members(self, x: torch.Tensor, shared: bool, masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(K, B, classes) logits; x is (K, B, ...) per member, or (B, ...) shared by all (`shared`)."""
+        masks = masks or []
+
+        def one(params, buffers, x, masks):
+            with randomness.replaying(list(masks)):
+                return functional_call(self.base, (params, buffers), (x,))
+
+        params, buffers = self.tensors()
+        return vmap(one, in_dims=(0, 0, None if shared else 0, 0), randomness="error")(params, buffers, x, masks)
+
+    # ------------------------------------------------------------ α and the learning rate
+    def set_alpha(self, values: list[float]) -> None:
+        self.alpha_values = values
+        level = torch.tensor(values, device=self.device)
+        _, buffers = self.tensors()
+        for key in self.alpha_keys:
+            buffers[key].copy_(level.to(buffers[key].dtype))
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        loader = self.trainer.train_dataloader
+        if hasattr(loader, "consumed"):
+            loader.consumed = batch_idx + 1
+        if self.alpha_keys:
+            n = self.trainer.num_training_batches
+            self.set_alpha([m.alpha(self.global_step, n) for m in self.members])
+
+    def on_train_epoch_end(self) -> None:
+        self.set_lr(self.current_epoch + 1)
+
+    def trained(self) -> nn.Module:
+        return self.stacked
+
+    # ------------------------------------------------------------ steps
+    def alive(self) -> list[int]:
+        return [k for k, m in enumerate(self.members) if m.diverged_step is None]
+
+    def _losses(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+        K, B = logits.shape[:2]
+        labels = labels.expand(K, B) if labels.dim() == 1 else labels
+        flat = F.cross_entropy(
+            logits.float().flatten(0, 1), labels.flatten(), label_smoothing=smoothing, reduction="none"
+        )
+        return flat.view(K, B).mean(1), labels
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        shared = labels.dim() == 1
+        self.base.train()
+        member_shape = tuple(images.shape) if shared else tuple(images.shape[1:])
+        masks = self.member_masks(member_shape, self.global_step)
+        logits = self.forward_members(images, shared, masks)
+        losses, labels = self._losses(logits, labels, self.label_smoothing)
+        self._freeze_diverged(losses)
+        alive = self.alive()
+        for k in alive:
+            self.metrics[k]["train_metrics"].update(losses[k], logits[k], labels[k])
+        return losses[alive].sum()
+
+    def _freeze_diverged(self, losses: torch.Tensor) -> None:
+        bad = (~torch.isfinite(losses.detach())).nonzero().flatten().tolist()  # a host sync per step
+        for k in bad:
+            if self.members[k].diverged_step is None:
+                self.members[k].diverged_step = self.global_step
+                self._frozen[k] = self._slice(k)
+
+    def _slice(self, k: int) -> dict:
+        optimizer = self.trainer.optimizers[0] if self.trainer is not None and self.trainer.optimizers else None
+        saved = {}
+        for name, p in self.stacked.items():
+            state = optimizer.state.get(p, {}) if optimizer is not None else {}
+            moments = {s: v[k].clone() for s, v in state.items() if torch.is_tensor(v) and v.dim() > 0}
+            saved[name] = (p.detach()[k].clone(), moments)
+        return saved
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """Put every frozen member back: zero gradients still move it through AdamW's momentum and decay."""
+        if not self._frozen:
+            return
+        optimizer = self.trainer.optimizers[0]
+        with torch.no_grad():
+            for k, saved in self._frozen.items():
+                for name, (value, moments) in saved.items():
+                    p = self.stacked[name]
+                    p[k] = value
+                    for s, v in moments.items():
+                        optimizer.state[p][s][k] = v
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Each member clipped by its own gradient norm, as its unpacked run is (Lightning's rule:
+        coefficient max_norm / (norm + 1e-6), at most 1)."""
+        if not gradient_clip_val:
+            return
+        grads = [p.grad for p in self.stacked.values() if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            for g in grads:
+                g.clamp_(-gradient_clip_val, gradient_clip_val)
+            return
+        norms = torch.stack([g.flatten(1).float().pow(2).sum(1) for g in grads]).sum(0).sqrt()  # (K,)
+        coef = (gradient_clip_val / (norms + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(coef.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
+
+    def _eval_step(self, batch, stage: str) -> None:
+        images, labels = batch
+        self.base.eval()
+        logits = self.forward_members(images, shared=labels.dim() == 1)
+        smoothing = self.label_smoothing if stage == "train" else self.eval_label_smoothing
+        losses = F.cross_entropy(
+            logits.float().flatten(0, 1),
+            labels.expand(self.size, -1).flatten() if labels.dim() == 1 else labels.flatten(),
+            label_smoothing=smoothing,
+            reduction="none",
+        ).view(self.size, -1)
+        for k in range(self.size):
+            target = labels if labels.dim() == 1 else labels[k]
+            self.metrics[k][f"{stage}_metrics"].update(losses[k].mean(), logits[k], target)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def epoch_metrics(self, stage: str) -> list[dict[str, float] | None]:
+        out = []
+        for k in range(self.size):
+            metrics = self.metrics[k][f"{stage}_metrics"]
+            out.append({n: float(v) for n, v in metrics.compute().items()} if metrics.seen else None)
+        return out
+
+    # ------------------------------------------------------------ members as ordinary models
+    def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
+        tensors = self.member_tensors(k)
+        return {name: tensors[name].detach().cpu().clone() for name in self.state_keys}
+
+    def load_member_states(self, states: list[dict]) -> None:
+        with torch.no_grad():
+            params, buffers = self.tensors()
+            for name, stacked in {**params, **buffers}.items():
+                if name in states[0]:
+                    stacked.copy_(torch.stack([s[name] for s in states]).to(stacked.device))
+
+
+class PackedLoader:
+    """K seeded TensorLoaders as one: each batch stacks the members' own batches (K, B, ...);
+    members that share a seed share their batch (B, ...), fed to every member."""
+
+    def __init__(self, loaders: list):
+        self.loaders = loaders
+        self.shared = len({lo.seed for lo in loaders}) == 1 or not loaders[0].shuffle
+        self.sampler = self
+        self.batch_sampler = None
+        self.consumed = 0
+
+    def __len__(self) -> int:
+        return len(self.loaders[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        for lo in self.loaders:
+            lo.epoch = epoch
+
+    def batch(self, epoch: int, i: int):
+        if self.shared:
+            return self.loaders[0].batch(epoch, i)
+        parts = [lo.batch(epoch, i) for lo in self.loaders]
+        return torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
+
+    def __iter__(self):
+        epoch = self.loaders[0].epoch
+        for i in range(len(self)):
+            yield self.batch(epoch, i)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.loaders[0].epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set_epoch(state["epoch"])
+
+
+class PackedData(pl.LightningDataModule):
+    """One datamodule's data (loaded once), one seeded loader per member."""
+
+    def __init__(self, datamodule, seeds: list[int]):
+        super().__init__()
+        self.datamodule, self.seeds = datamodule, seeds
+
+    def setup(self, stage: str | None = None) -> None:
+        self.datamodule.trainer = self.trainer
+        self.datamodule.setup(stage)
+
+    def _loaders(self, split: str, train: bool) -> PackedLoader:
+        dm = self.datamodule
+        return PackedLoader([dm.make_loader(getattr(dm, split), train=train, seed=s) for s in self.seeds])
+
+    def train_dataloader(self):
+        return self._loaders("train", True)
+
+    def val_dataloader(self):
+        return self._loaders("val", False)
+
+    def test_dataloader(self):
+        return self._loaders("test", False)

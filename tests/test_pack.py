@@ -1,0 +1,168 @@
+"""sweep.pack: K seeds or α values of one configuration trained as one vectorised job.
+
+Each member must be its unpacked run: per-epoch training loss, validation loss and top-1
+equal within 1e-5 (relative) on the CPU, its folder where the unpacked sweep puts it, and
+files every reader of runs accepts.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import attnexp_main
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from attnexp import report
+
+# two short epochs of real digits, deterministic kernels: what the equality is checked on
+RUN = [
+    "model=cct2",
+    "data=digits",
+    "data.batch_size=16",
+    "data.eval_batch_size=16",
+    "trainer=cpu",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.deterministic=true",
+    "trainer.log_every_n_steps=1",
+    "scheduler.warmup_epochs=1",
+]
+TAGS = ("train/loss", "val/loss", "val/acc1")
+
+
+def curves(run_dir: Path) -> dict[str, list[float]]:
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    return {tag: [e.value for e in sorted(events.Scalars(tag), key=lambda e: e.step)] for tag in TAGS}
+
+
+def sweep(root: Path, name: str, *args: str) -> Path:
+    out = root / name
+    proc = attnexp_main("-m", *RUN, *args, f"hydra.sweep.dir={out}", cwd=root)
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    return out
+
+
+def members(sweep_dir: Path) -> dict[str, Path]:
+    return {str(p.parent.relative_to(sweep_dir)): p.parent for p in sweep_dir.rglob("metrics.json")}
+
+
+def assert_same_runs(unpacked: Path, packed: Path, k: int, diverged: int = 0) -> None:
+    """Every unpacked run has its member, in the same folder, with the same curves."""
+    runs, packs = members(unpacked), members(packed)
+    assert set(runs) <= set(packs) and len(runs) == k and len(packs) == k + diverged  # the same folders
+    for name, run in runs.items():
+        mine, theirs = curves(packs[name]), curves(run)
+        for tag in TAGS:
+            assert len(mine[tag]) == len(theirs[tag]) == 2, (name, tag)
+            assert mine[tag] == pytest.approx(theirs[tag], rel=1e-5), (name, tag)
+        metrics = json.loads((packs[name] / "metrics.json").read_text())
+        assert metrics["status"] == "done" and len(metrics["packed_with"]) == k + diverged - 1
+        alone = json.loads((run / "metrics.json").read_text())
+        assert metrics["test_acc1_at_best_val"] == pytest.approx(alone["test_acc1_at_best_val"], rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pack_seeds")
+    return sweep(root, "unpacked", "seed=0,1,2"), sweep(root, "packed", "seed=0,1,2", "sweep.pack=seed"), root
+
+
+def test_packed_seeds_equal_their_unpacked_runs(seeds):
+    unpacked, packed, _ = seeds
+    assert_same_runs(unpacked, packed, 3)
+
+
+@pytest.fixture(scope="module")
+def alphas(tmp_path_factory):
+    """Three α values of remix unpacked, and packed with a fourth, 1e38, whose first step overflows."""
+    root = tmp_path_factory.mktemp("pack_alphas")
+    grid = ["attention=remix", "alpha=constant", "alpha.allow_extrapolation=true"]
+    unpacked = sweep(root, "unpacked", *grid, "alpha.value=0,0.5,1")
+    return unpacked, sweep(root, "packed", *grid, "alpha.value=0,0.5,1,1e38", "sweep.pack=alpha"), grid
+
+
+def test_packed_alpha_values_equal_their_unpacked_runs(alphas):
+    unpacked, packed, _ = alphas  # the pack also holds a member that diverged at its first step
+    assert_same_runs(unpacked, packed, 3, diverged=1)
+
+
+def test_a_diverging_member_is_frozen_and_the_others_go_on(alphas):
+    import attnexp
+
+    _, packed, grid = alphas
+    broken = next(d for n, d in members(packed).items() if "1e+38" in n)
+    metrics = json.loads((broken / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and metrics["diverged_step"] == 0
+    # frozen at its initial weights: its kept checkpoint is the model its seed builds
+    state = torch.load(broken / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    torch.manual_seed(0)  # as its run seeds itself (seed 0) before building the model
+    initial = attnexp.build_model([*RUN, *grid, "alpha.value=1e38"]).state_dict()
+    assert all(torch.equal(state[f"model.{k}"], v) for k, v in initial.items())
+    # the other members equal their unpacked runs: test_packed_alpha_values_equal_their_unpacked_runs
+
+
+def test_a_packed_sweep_reports_as_the_unpacked_one(seeds):
+    unpacked, packed, root = seeds
+    tables = []
+    for name, folder in (("unpacked", unpacked), ("packed", packed)):
+        assert report.main([str(folder), "--out", str(root / f"report_{name}")]) == 0
+        with open(root / f"report_{name}" / "report.csv") as f:
+            tables.append(list(csv.DictReader(f)))
+    timing = {"wall_time_s", "s_per_epoch"}
+    for mine, theirs in zip(*tables):
+        for key in mine.keys() - timing:
+            try:
+                assert float(mine[key]) == pytest.approx(float(theirs[key]), rel=1e-5), key
+            except ValueError:
+                assert mine[key] == theirs[key], key
+
+
+def test_a_member_checkpoint_is_an_ordinary_run(seeds):
+    import attnexp
+
+    _, packed, root = seeds
+    run_dir = sorted(members(packed).values())[1]
+    run = attnexp.load_run(run_dir)
+    assert run.metrics["status"] == "done" and run.model is not None
+    proc = attnexp_main("mode=eval", f"ckpt_path='{run_dir / 'checkpoints' / 'best.ckpt'}'", cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"test top-1: {run.metrics['test_acc1_at_best_val']:.2f}" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["seed=0,1", "sweep.pack=seeds"], "sweep.pack=seeds: one of seed, alpha"),
+        (["seed=0,1", "sweep.pack=seed", "callbacks=attention_stats"], "cannot report per member"),
+        (["seed=0,1", "sweep.pack=seed", "trainer.devices=2"], "a pack trains on one device"),
+        (["seed=0,1", "sweep.pack=seed", "attention=convnn", "attention.K=3"], "attention=convnn"),
+    ],
+)
+def test_what_cannot_be_packed_is_refused_at_start_up(tmp_path, args, needle):
+    proc = attnexp_main("-m", *RUN, *args, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr[-2000:]
+    assert not (tmp_path / "s").exists()
+
+
+def test_only_attnexps_own_dropout_draws_through_the_tape():
+    from torch import nn
+
+    from attnexp.layers.randomness import Dropout, untaped_randomness
+
+    model = nn.Sequential(Dropout(0.1), nn.Dropout(0.0), nn.Dropout(0.2))
+    assert untaped_randomness(model) == ["2 (Dropout, p=0.2)"]
+
+
+def test_the_dry_run_shows_the_packs(tmp_path):
+    proc = attnexp_main(
+        "-m", *RUN, "seqpool=x,softmax", "seed=0,1", "sweep.pack=seed", "sweep.dry_run=true", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "pack 0: jobs 0, 1 together" in proc.stdout and "pack 1: jobs 2, 3 together" in proc.stdout
