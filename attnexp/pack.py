@@ -80,6 +80,7 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
         self.alpha_values: list[float | None] = [None] * self.size
         self._plans: dict[tuple, list] = {}
         self._frozen: dict[int, dict] = {}  # member → its weights and AdamW state when it diverged
+        self.member_dirs: list[str] = []  # the members' folders (a resumed pack must be the same pack)
 
     # ------------------------------------------------------------ the vectorised forward
     @property
@@ -246,6 +247,29 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
             out.append({n: float(v) for n, v in metrics.compute().items()} if metrics.seen else None)
         return out
 
+    # ------------------------------------------------------------ a pack's checkpoint (Ctrl-C / SIGTERM)
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """What a resumed pack needs beyond weights, optimizer and loops: each member's history,
+        best weights and divergence, the frozen slices, the α values, and who the members are."""
+        checkpoint["pack"] = {
+            "members": [
+                {k: v for k, v in vars(m).items() if k != "alpha"}  # the schedule is rebuilt from the config
+                for m in self.members
+            ],
+            "frozen": self._frozen,
+            "alpha_values": self.alpha_values,
+            "member_dirs": self.member_dirs,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint["pack"]
+        for member, state in zip(self.members, saved["members"]):
+            for key, value in state.items():
+                setattr(member, key, value)
+        self._frozen = saved["frozen"]
+        if self.alpha_keys and saved["alpha_values"][0] is not None:
+            self.set_alpha(saved["alpha_values"])
+
     # ------------------------------------------------------------ members as ordinary models
     def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
         tensors = self.member_tensors(k)
@@ -269,6 +293,7 @@ class PackedLoader:
         self.sampler = self
         self.batch_sampler = None
         self.consumed = 0
+        self._resume_at = 0
 
     def __len__(self) -> int:
         return len(self.loaders[0])
@@ -284,15 +309,19 @@ class PackedLoader:
         return torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
 
     def __iter__(self):
-        epoch = self.loaders[0].epoch
-        for i in range(len(self)):
+        # a generator: its body runs on the first next(), after Lightning has set the epoch
+        epoch, start = self.loaders[0].epoch, self._resume_at
+        self._resume_at = 0
+        for i in range(start, len(self)):
             yield self.batch(epoch, i)
 
     def state_dict(self) -> dict:
         return {"epoch": self.loaders[0].epoch, "consumed": self.consumed}
 
     def load_state_dict(self, state: dict) -> None:
+        """A resumed pack continues after the last batch it trained on (as TensorLoader does)."""
         self.set_epoch(state["epoch"])
+        self._resume_at = state["consumed"] if state["consumed"] < len(self) else 0
 
 
 class PackedData(pl.LightningDataModule):

@@ -229,6 +229,14 @@ def _short(run_dir: str) -> str:
 # ---------------------------------------------------------------- the pack
 
 
+def same_pack(checkpoint: Path, member_dirs: list[str]) -> bool:
+    """An interrupted pack's checkpoint, written for exactly these members."""
+    if not checkpoint.is_file():
+        return False
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False).get("pack") or {}
+    return saved.get("member_dirs") == member_dirs
+
+
 def train_pack(lead: DictConfig) -> dict:
     """Train the pack named by `lead.sweep.members`; each member's metrics.json ends done, diverged,
     interrupted or failed (with its one-line reason; the traceback in the first member's error.txt)."""
@@ -279,7 +287,9 @@ def _train(members: list[Member]) -> dict:
     )
     recorder = PackRecorder(members)
     lead_dir = members[0].run_dir
-    stopper = GracefulStop(str(Path(lead_dir) / "checkpoints" / "pack_last.ckpt"))
+    module.member_dirs = [m.run_dir for m in members]
+    pack_ckpt = Path(lead_dir) / "checkpoints" / "pack_last.ckpt"
+    stopper = GracefulStop(str(pack_ckpt))
     trainer = make_trainer(base, [recorder, stopper], logger=False, root_dir=lead_dir, checkpointing=False)
     params = sum(p.numel() for p in models[0].parameters() if p.requires_grad)
     for m, model in zip(members, models):
@@ -300,12 +310,19 @@ def _train(members: list[Member]) -> dict:
         )
     del models
     data = PackedData(datamodule, [c.seed for c in cfgs])
+    resume = str(pack_ckpt) if same_pack(pack_ckpt, module.member_dirs) else None
+    if resume:
+        print(f"[resume] pack of {len(members)} from {pack_ckpt}")
     try:
-        trainer.fit(module, datamodule=data)
+        trainer.fit(module, datamodule=data, ckpt_path=resume)
     except StopRequested as e:
         for k in module.alive():
-            members[k].record.update(status="interrupted", reason=f"signal {e.signum}")
-        raise RunFailed("interrupted", f"pack interrupted at step {trainer.global_step}", 128 + e.signum) from None
+            members[k].record.update(status="interrupted", reason=f"signal {e.signum}", resume_with="sweep.resume=true")
+        message = (
+            f"pack interrupted at step {trainer.global_step} ({pack_ckpt}); resume the sweep with sweep.resume=true"
+        )
+        raise RunFailed("interrupted", message, 128 + e.signum) from None
+    pack_ckpt.unlink(missing_ok=True)  # finished: nothing to resume
     # each member scored on the test split with its best weights
     module.load_member_states([s.best_state or module.member_state_dict(k) for k, s in enumerate(module.members)])
     trainer.test(module, datamodule=data, verbose=False)
@@ -326,6 +343,7 @@ def _train(members: list[Member]) -> dict:
             epochs=len(history) and history[-1]["epoch"],
             wall_time_s=wall,
             reason=None,
+            resume_with=None,
             test_acc1_at_best_val=tests[k]["acc1"] if tests[k] else None,
         )
     print(f"pack of {len(members)}: {len(results)} done in {wall:.1f}s ({_short(lead_dir)} and its members)")

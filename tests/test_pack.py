@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -133,6 +135,39 @@ def test_a_member_checkpoint_is_an_ordinary_run(seeds):
     proc = attnexp_main("mode=eval", f"ckpt_path='{run_dir / 'checkpoints' / 'best.ckpt'}'", cwd=root)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"test top-1: {run.metrics['test_acc1_at_best_val']:.2f}" in proc.stdout
+
+
+def test_sigterm_then_resume_continues_the_pack_bit_exact(seeds, tmp_path, monkeypatch):
+    """SIGTERM after step 3 of 4 (mid-epoch 2): every member checkpointed, the sweep stops; resumed
+    with sweep.resume=true, each member ends with the uninterrupted pack's weights and scores."""
+    from attnexp.packrun import PackRecorder
+
+    _, reference, _ = seeds
+    cut = tmp_path / "cut"
+    command = ["-m", *RUN, "seed=0,1,2", "sweep.pack=seed", f"hydra.sweep.dir={cut}"]
+    record_step = PackRecorder.on_train_batch_end
+
+    def terminate_after_step_3(self, trainer, module, *args):
+        record_step(self, trainer, module, *args)
+        if trainer.global_step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(PackRecorder, "on_train_batch_end", terminate_after_step_3)
+    proc = attnexp_main(*command, cwd=tmp_path)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+    assert {json.loads((d / "metrics.json").read_text())["status"] for d in members(cut).values()} == {"interrupted"}
+    monkeypatch.undo()
+    proc = attnexp_main(*command, "sweep.resume=true", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "[resume] pack of 3" in proc.stdout
+    for name, run_dir in members(reference).items():
+        a, b = (torch.load(d / name / "checkpoints" / "last.ckpt", weights_only=False) for d in (reference, cut))
+        assert a["global_step"] == b["global_step"] == 4
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]), name
+        ma, mb = (json.loads((d / name / "metrics.json").read_text()) for d in (reference, cut))
+        assert mb["status"] == "done"
+        assert [h["val_acc1"] for h in ma["history"]] == [h["val_acc1"] for h in mb["history"]]
+        assert ma["test_acc1_at_best_val"] == mb["test_acc1_at_best_val"]
 
 
 @pytest.mark.parametrize(

@@ -292,7 +292,8 @@ def test_ddp_ranks_score_the_test_split_as_one_process_does(tmp_path):
     from attnexp.run import make_trainer
 
     def test_metrics(*overrides: str) -> dict:
-        cfg = compose(*TINY, "data.test_size=33", "data.eval_batch_size=8", "compute.num_threads=1", *overrides)
+        whole = ["data.test_size=33", "trainer.limit_val_batches=null"]  # every test image (TINY scores 1 batch)
+        cfg = compose(*TINY, *whole, "data.eval_batch_size=8", "compute.num_threads=1", *overrides)
         torch.manual_seed(0)
         module = ClassifierModule(build_model(cfg), optimizer=instantiate(cfg.optimizer))
         return make_trainer(cfg, [], logger=False).test(module, datamodule=build_data(cfg), verbose=False)[0]

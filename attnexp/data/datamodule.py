@@ -23,7 +23,21 @@ SOURCES = {
 }
 
 
-class ImageDataModule(pl.LightningDataModule):
+class SplitLoaders(pl.LightningDataModule):
+    """Lightning's three loaders, from the datamodule's `make_loader(split, train)` over its
+    `train`, `val` and `test` splits (set by `setup`)."""
+
+    def train_dataloader(self) -> TensorLoader:
+        return self.make_loader(self.train, train=True)
+
+    def val_dataloader(self) -> TensorLoader:
+        return self.make_loader(self.val, train=False)
+
+    def test_dataloader(self) -> TensorLoader:
+        return self.make_loader(self.test, train=False)
+
+
+class ImageDataModule(SplitLoaders):
     def __init__(
         self,
         name: str,
@@ -136,12 +150,3 @@ class ImageDataModule(pl.LightningDataModule):
             world_size=world,
             image_size=self.image_size,
         )
-
-    def train_dataloader(self) -> TensorLoader:
-        return self.make_loader(self.train, train=True)
-
-    def val_dataloader(self) -> TensorLoader:
-        return self.make_loader(self.val, train=False)
-
-    def test_dataloader(self) -> TensorLoader:
-        return self.make_loader(self.test, train=False)

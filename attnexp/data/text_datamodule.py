@@ -8,9 +8,9 @@ the training split alone (attnexp/data/text.py).
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch
 
+from attnexp.data.datamodule import SplitLoaders
 from attnexp.data.loader import TensorLoader
 from attnexp.data.sources import Split
 from attnexp.data.text import (
@@ -36,7 +36,7 @@ class TokenLoader(TensorLoader):
         return self.split.images[index], self.split.labels[index]
 
 
-class TextDataModule(pl.LightningDataModule):
+class TextDataModule(SplitLoaders):
     def __init__(
         self,
         name: str,
@@ -134,12 +134,3 @@ class TextDataModule(pl.LightningDataModule):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         size = self.batch_size if train else self.eval_batch_size
         return TokenLoader(split, size, [0.0], [1.0], shuffle=train, seed=self.seed, rank=rank, world_size=world)
-
-    def train_dataloader(self) -> TokenLoader:
-        return self.make_loader(self.train, train=True)
-
-    def val_dataloader(self) -> TokenLoader:
-        return self.make_loader(self.val, train=False)
-
-    def test_dataloader(self) -> TokenLoader:
-        return self.make_loader(self.test, train=False)
