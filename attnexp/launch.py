@@ -62,11 +62,19 @@ def checkpoint_overrides(overrides: list[str]) -> list[str]:
     run_dir = Path(ckpt).resolve().parent.parent
     saved = run_dir / ".hydra" / "overrides.yaml"
     original = list(OmegaConf.load(saved)) if saved.is_file() else []
-    keep = [o for o in original if not o.startswith("hydra.") and not _given(overrides, _key(o))]
+    packing = ("sweep.pack", "sweep.members")  # a packed member's checkpoint resumes as a single run
+    keep = [
+        o for o in original if not o.startswith("hydra.") and _key(o) not in packing and not _given(overrides, _key(o))
+    ]
     if mode == "eval":
         return keep + overrides
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    return keep + overrides + [f"hydra.run.dir={run_dir}", f"hydra.output_subdir=.hydra/resume_{stamp}"]
+    return keep + overrides + [f"hydra.run.dir={quoted(str(run_dir))}", f"hydra.output_subdir=.hydra/resume_{stamp}"]
+
+
+def quoted(value: str) -> str:
+    """A value for Hydra's override grammar whatever it holds (a sweep job's folder holds '=' and ',')."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 # ---------------------------------------------------------------- checks

@@ -19,6 +19,7 @@ AdamW's state restored after every step) while the others go on.
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import pytorch_lightning as pl
@@ -63,7 +64,9 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
         self.size = len(models)
         params, buffers = stack_module_state(models)
         self.names = {_safe(k): k for k in [*params, *buffers]}
-        self.stacked = nn.ParameterDict({_safe(k): nn.Parameter(v) for k, v in params.items()})
+        # an OrderedDict: ParameterDict sorts a plain dict's keys, and the optimizer's state must be in
+        # named_parameters() order, as each member's unpacked run holds it
+        self.stacked = nn.ParameterDict(OrderedDict((_safe(k), nn.Parameter(v)) for k, v in params.items()))
         for k, v in buffers.items():
             self.register_buffer(_safe(k), v, persistent=True)
         self.state_keys = list(models[0].state_dict())  # what a member's own checkpoint holds
@@ -81,6 +84,7 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
         self._plans: dict[tuple, list] = {}
         self._frozen: dict[int, dict] = {}  # member → its weights and AdamW state when it diverged
         self.member_dirs: list[str] = []  # the members' folders (a resumed pack must be the same pack)
+        self.last_dump: dict | None = None  # the pack's latest Lightning checkpoint (on_save_checkpoint)
 
     # ------------------------------------------------------------ the vectorised forward
     @property
@@ -260,6 +264,16 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
             "alpha_values": self.alpha_values,
             "member_dirs": self.member_dirs,
         }
+        self.last_dump = checkpoint  # what each member's own resumable checkpoint is cut from
+
+    def member_optimizer_state(self, k: int, state: dict) -> dict:
+        """Member k's slice of the pack's AdamW state: what its unpacked run's optimizer holds
+        (the same parameters in the same order, one group)."""
+        sliced = {
+            i: {name: (v[k].clone() if torch.is_tensor(v) and v.dim() > 0 else v) for name, v in per_param.items()}
+            for i, per_param in state["state"].items()
+        }
+        return {"state": sliced, "param_groups": state["param_groups"]}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint["pack"]

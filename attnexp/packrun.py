@@ -144,8 +144,9 @@ def write_hydra_files(member: Member) -> None:
 class PackRecorder(pl.Callback):
     """Per epoch and member: TensorBoard scalars, metrics.json, the epoch line, best/last checkpoints."""
 
-    def __init__(self, members: list[Member]):
-        self.members = members
+    def __init__(self, members: list[Member], pack_ckpt: Path):
+        self.members, self.pack_ckpt = members, pack_ckpt
+        self._improved: list[int] = []  # members whose validation top-1 improved this epoch
         self.io = AtomicCheckpointIO()
         self._epoch_start = 0.0
 
@@ -166,12 +167,22 @@ class PackRecorder(pl.Callback):
             if values is not None and module.members[k].diverged_step is None:
                 scalars = {f"train/{n}": v for n, v in values.items()} | {"time/epoch_s": seconds}
                 self.members[k].log(scalars, trainer.global_step, trainer.current_epoch)
+        # at the epoch's end, where an unpacked run's last.ckpt is written (after its validation):
+        # the pack's own checkpoint, whose dump is cut into each member's
+        trainer.save_checkpoint(self.pack_ckpt)
+        for k in module.alive():
+            state = module.members[k]
+            latest = state.history[-1]["val_acc1"] if state.history else None
+            for name in ("best", "last") if k in self._improved else ("last",):
+                self._save(module, k, state.best_state if name == "best" else module.member_state_dict(k), name, latest)
+        self._improved = []
 
     def on_validation_end(self, trainer, module) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         epoch, step = trainer.current_epoch + 1, trainer.global_step
         elapsed = time.perf_counter() - self._epoch_start
+        improved = []
         for k, values in enumerate(module.epoch_metrics("val")):
             state, member = module.members[k], self.members[k]
             if state.diverged_step is not None:
@@ -181,11 +192,9 @@ class PackRecorder(pl.Callback):
                 continue
             member.log({f"val/{n}": v for n, v in values.items()}, step, trainer.current_epoch)
             state.history.append({"epoch": epoch, "val_acc1": values["acc1"], "val_loss": values["loss"], "step": step})
-            weights = module.member_state_dict(k)
             if state.best_acc1 is None or values["acc1"] > state.best_acc1:
-                state.best_acc1, state.best_state = values["acc1"], weights
-                self._save(module, k, weights, "best", epoch, step)
-            self._save(module, k, weights, "last", epoch, step)
+                state.best_acc1, state.best_state = values["acc1"], module.member_state_dict(k)
+                improved.append(k)
             best = max(h["val_acc1"] for h in state.history)
             print(
                 f"[Epoch {epoch}] member {k} ({Path(member.run_dir).name}) Top-1 {values['acc1']:.2f} "
@@ -193,6 +202,7 @@ class PackRecorder(pl.Callback):
                 flush=True,
             )
             member.record.update(epochs=epoch, best_acc1=best, final_acc1=values["acc1"], history=state.history)
+        self._improved = improved
 
     def _diverged(self, k: int, module) -> None:
         member, state = self.members[k], module.members[k]
@@ -200,25 +210,52 @@ class PackRecorder(pl.Callback):
             return
         member.reported_divergence = True
         # its frozen weights are those of its last good step: they are its last checkpoint
-        self._save(module, k, module.member_state_dict(k), "last", len(state.history), state.diverged_step)
+        self._save(module, k, module.member_state_dict(k), "last")
         kept = sorted(p.name for p in (Path(member.run_dir) / "checkpoints").glob("*.ckpt"))
         reason = f"non-finite loss at step {state.diverged_step}"
         member.record.update(status="diverged", reason=reason, diverged_step=state.diverged_step, history=state.history)
         where = f"last good checkpoints kept: {', '.join(kept)}" if kept else "no checkpoint had been saved yet"
         print(f"attnexp: {_short(member.run_dir)}: {reason}: frozen; the pack goes on ({where})", file=sys.stderr)
 
-    def _save(self, module, k: int, weights: dict, name: str, epoch: int, step: int) -> None:
-        member = self.members[k]
+    def _save(self, module, k: int, weights: dict, name: str, acc1: float | None = None) -> None:
+        """Member k's own checkpoint: its weights and config (mode=eval, load_run), and, cut from the
+        pack's latest Lightning checkpoint, what its unpacked run's last.ckpt holds to resume
+        alone: its AdamW slice, the loops, its ModelCheckpoint and RunRecorder states."""
+        from attnexp.run import best_and_last
+
+        member, state = self.members[k], module.members[k]
+        folder = Path(member.run_dir) / "checkpoints"
         checkpoint = {
             "state_dict": {f"model.{key}": value for key, value in weights.items()},
             "attnexp_config": OmegaConf.to_container(member.cfg, resolve=True),
             "alpha": module.alpha_values[k],
-            "epoch": epoch - 1,
-            "global_step": step,
             "packed_with": [m.run_dir for m in self.members if m is not member],
             "pytorch-lightning_version": pl.__version__,
         }
-        self.io.save_checkpoint(checkpoint, Path(member.run_dir) / "checkpoints" / f"{name}.ckpt")
+        dump = module.last_dump
+        if dump is not None and state.diverged_step is None:
+            tracker, latest = best_and_last(folder)  # in the states its unpacked run's callbacks would have
+            best_path, best = (
+                str(folder / "best.ckpt"),
+                torch.tensor(state.best_acc1 if state.history else -float("inf")),
+            )
+            tracker.best_model_score, tracker.best_model_path = best, best_path
+            tracker.current_score, tracker.best_k_models = torch.tensor(acc1 or 0.0), {best_path: best}
+            tracker.kth_best_model_path, tracker.kth_value = best_path, best
+            last_path = str(folder / "last.ckpt")
+            latest.best_model_path, latest.kth_best_model_path, latest.last_model_path = last_path, last_path, last_path
+            checkpoint |= {key: v for key, v in dump.items() if key not in ("state_dict", "optimizer_states", "pack")}
+            checkpoint |= {
+                "optimizer_states": [module.member_optimizer_state(k, dump["optimizer_states"][0])],
+                "callbacks": {
+                    tracker.state_key: tracker.state_dict(),
+                    latest.state_key: latest.state_dict(),
+                    "RunRecorder": {"history": state.history},
+                },
+            }
+        else:  # a diverged member: its frozen weights, nothing to resume
+            checkpoint |= {"epoch": len(state.history), "global_step": state.diverged_step}
+        self.io.save_checkpoint(checkpoint, folder / f"{name}.ckpt")
 
 
 def _short(run_dir: str) -> str:
@@ -285,10 +322,10 @@ def _train(members: list[Member]) -> dict:
         eval_label_smoothing=base.label_smoothing if base.recipe.smooth_eval_loss else 0.0,
         alphas=[build_alpha(c) for c in cfgs],
     )
-    recorder = PackRecorder(members)
     lead_dir = members[0].run_dir
     module.member_dirs = [m.run_dir for m in members]
     pack_ckpt = Path(lead_dir) / "checkpoints" / "pack_last.ckpt"
+    recorder = PackRecorder(members, pack_ckpt)
     stopper = GracefulStop(str(pack_ckpt))
     trainer = make_trainer(base, [recorder, stopper], logger=False, root_dir=lead_dir, checkpointing=False)
     params = sum(p.numel() for p in models[0].parameters() if p.requires_grad)

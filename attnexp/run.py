@@ -225,9 +225,22 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, run_config: dict | Non
     )
 
 
+def best_and_last(ckpt_dir) -> tuple:
+    """The run's best.ckpt (by validation top-1) and last.ckpt (every epoch). Two callbacks: Lightning's
+    save_last only rewrites last.ckpt when the best improved, so a resume would repeat epochs.
+    (A packed member's checkpoints are written to match.)"""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    best = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best", monitor="val/acc1", mode="max", auto_insert_metric_name=False
+    )
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False)
+    return best, last
+
+
 def train(cfg: DictConfig, record: RunRecord | None = None) -> dict:
     """Fit, then score the best checkpoint on the test split; the metrics dict (metrics.json)."""
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.callbacks import LearningRateMonitor
 
     run_dir = cfg.paths.output_dir
     record = record or RunRecord(run_dir)
@@ -244,12 +257,10 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict:
     ckpt_dir = Path(run_dir) / "checkpoints"
     recorder = RunRecorder(record, history=resumed.get("history"))
     stopper = GracefulStop(str(ckpt_dir / "last.ckpt"))
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor="val/acc1", mode="max", save_last=True, auto_insert_metric_name=False
-    )
+    checkpoint, last = best_and_last(ckpt_dir)
     logger = make_logger(cfg)
     rates = [LearningRateMonitor(logging_interval="epoch")] if logger else []
-    trainer = make_trainer(cfg, [recorder, stopper, checkpoint, *rates], logger, run_dir)
+    trainer = make_trainer(cfg, [recorder, stopper, checkpoint, last, *rates], logger, run_dir)
 
     record.update(
         status="running",
