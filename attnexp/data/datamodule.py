@@ -23,9 +23,32 @@ SOURCES = {
 }
 
 
-class SplitLoaders(pl.LightningDataModule):
-    """Lightning's three loaders, from the datamodule's `make_loader(split, train)` over its
-    `train`, `val` and `test` splits (set by `setup`)."""
+class SplitDataModule(pl.LightningDataModule):
+    """What every attnexp datamodule shares: its train/val/test splits held on the device they are
+    batched on, and Lightning's three loaders from its `make_loader(split, train)`."""
+
+    def place_splits(self, train: Split, test: Split) -> None:
+        """train/val/test from the loaded splits: `val_split` holds out a fixed part of the training
+        set (the same for every run seed), else the test split scores every epoch (the official
+        recipe); then each on the device the loaders batch on."""
+        if self.val_split > 0:
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(12345))
+            n_val = int(round(len(train) * self.val_split))
+            train, val = train.subset(order[n_val:]), train.subset(order[:n_val])
+        else:
+            val = test
+        device = self._device()
+        self.train, self.val, self.test = (Split(s.images.to(device), s.labels.to(device)) for s in (train, val, test))
+
+    def _device(self) -> torch.device:
+        resident = self.loader == "device" or (self.loader == "auto" and self._root_device().type == "cuda")
+        return self._root_device() if resident else torch.device("cpu")
+
+    def _root_device(self) -> torch.device:
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
+    def _rank(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
 
     def train_dataloader(self) -> TensorLoader:
         return self.make_loader(self.train, train=True)
@@ -37,7 +60,7 @@ class SplitLoaders(pl.LightningDataModule):
         return self.make_loader(self.test, train=False)
 
 
-class ImageDataModule(SplitLoaders):
+class ImageDataModule(SplitDataModule):
     def __init__(
         self,
         name: str,
@@ -112,26 +135,7 @@ class ImageDataModule(SplitLoaders):
     def setup(self, stage: str | None = None) -> None:
         if self.train is not None:
             return
-        train, test = self.load()
-        if self.val_split > 0:
-            # a fixed held-out part of the training set (same for every run seed)
-            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(12345))
-            n_val = int(round(len(train) * self.val_split))
-            train, val = train.subset(order[n_val:]), train.subset(order[:n_val])
-        else:
-            val = test  # the official recipe scores every epoch on the test split
-        device = self._device()
-        self.train, self.val, self.test = (Split(s.images.to(device), s.labels.to(device)) for s in (train, val, test))
-
-    def _device(self) -> torch.device:
-        resident = self.loader == "device" or (self.loader == "auto" and self._root_device().type == "cuda")
-        return self._root_device() if resident else torch.device("cpu")
-
-    def _root_device(self) -> torch.device:
-        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-
-    def _rank(self) -> tuple[int, int]:
-        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        self.place_splits(*self.load())
 
     def make_loader(self, split: Split, train: bool, seed: int | None = None) -> TensorLoader:
         """`seed`: another run's data order and augmentation (a packed member's); default this run's."""

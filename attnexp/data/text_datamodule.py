@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from attnexp.data.datamodule import SplitLoaders
+from attnexp.data.datamodule import SplitDataModule
 from attnexp.data.loader import TensorLoader
 from attnexp.data.sources import Split
 from attnexp.data.text import (
@@ -36,7 +36,7 @@ class TokenLoader(TensorLoader):
         return self.split.images[index], self.split.labels[index]
 
 
-class TextDataModule(SplitLoaders):
+class TextDataModule(SplitDataModule):
     def __init__(
         self,
         name: str,
@@ -109,28 +109,13 @@ class TextDataModule(SplitLoaders):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train is None:
-            train, test = self.load()
-            if self.val_split > 0:
-                # a fixed held-out part of the training set (same for every run seed)
-                order = torch.randperm(len(train), generator=torch.Generator().manual_seed(12345))
-                n_val = int(round(len(train) * self.val_split))
-                train, val = train.subset(order[n_val:]), train.subset(order[:n_val])
-            else:
-                val = test
-            device = self._device()
-            self.train, self.val, self.test = (
-                Split(s.images.to(device), s.labels.to(device)) for s in (train, val, test)
-            )
+            self.place_splits(*self.load())
         if stage == "fit":  # pretrained word vectors are read for these words (model.embeddings=glove)
             backbone = getattr(getattr(self.trainer, "lightning_module", None), "model", None)
             if hasattr(backbone, "use_vocabulary"):
                 backbone.use_vocabulary(self.vocabulary.words)
 
-    def _device(self) -> torch.device:
-        root = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        return root if self.loader == "device" or root.type == "cuda" else torch.device("cpu")
-
     def make_loader(self, split: Split, train: bool) -> TokenLoader:
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        rank, world = self._rank()
         size = self.batch_size if train else self.eval_batch_size
         return TokenLoader(split, size, [0.0], [1.0], shuffle=train, seed=self.seed, rank=rank, world_size=world)
