@@ -195,13 +195,14 @@ class PackRecorder(pl.Callback):
             if state.best_acc1 is None or values["acc1"] > state.best_acc1:
                 state.best_acc1, state.best_state = values["acc1"], module.member_state_dict(k)
                 improved.append(k)
-            best = max(h["val_acc1"] for h in state.history)
             print(
                 f"[Epoch {epoch}] member {k} ({Path(member.run_dir).name}) Top-1 {values['acc1']:.2f} "
                 f"Time: {elapsed:.2f}s",
                 flush=True,
             )
-            member.record.update(epochs=epoch, best_acc1=best, final_acc1=values["acc1"], history=state.history)
+            member.record.update(
+                epochs=epoch, best_acc1=state.best_acc1, final_acc1=values["acc1"], history=state.history
+            )
         self._improved = improved
 
     def _diverged(self, k: int, module) -> None:
