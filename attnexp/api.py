@@ -12,7 +12,7 @@ def compose_config(overrides: list[str] | None = None):
     """The config `attnexp <overrides>` would run with (types and cross-object rules checked;
     raises ConfigError). Values are checked by the constructors when the objects are built."""
     from attnexp.config.compose import compose, split_hydra
-    from attnexp.config.validate import validate
+    from attnexp.config.rules import validate
 
     body, choices = split_hydra(compose(list(overrides or []), return_hydra_config=True))
     validate(body, choices)
@@ -23,7 +23,7 @@ def check(overrides: list[str] | None = None):
     """Everything the CLI checks before a job starts (compose_config, then every object the job
     will use, built on the meta device). Returns the config; raises StartupError."""
     from attnexp.config.compose import compose
-    from attnexp.launch import check_job
+    from attnexp.sweep.launch import check_job
 
     return check_job(compose(list(overrides or []), return_hydra_config=True))
 
@@ -34,8 +34,8 @@ def build_model(overrides: list[str] | None = None, compile: bool = False):
     Touches no dataset file. `model.pretrained=PATH` loads weights strictly;
     compile=True (or compute.compile=true) returns a torch.compile'd module.
     """
-    from attnexp.build import build_model as _build
-    from attnexp.run import maybe_compile
+    from attnexp.build.objects import build_model as _build
+    from attnexp.build.objects import maybe_compile
 
     cfg = compose_config(overrides)
     return maybe_compile(_build(cfg), compile or cfg.compute.compile)
@@ -53,8 +53,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
     """A finished (or interrupted) run: its config, metrics.json and the model with its weights."""
     from omegaconf import OmegaConf
 
-    from attnexp.build import build_model as _build
-    from attnexp.build import load_weights
+    from attnexp.build.objects import build_model as _build
+    from attnexp.build.objects import load_weights
 
     run_dir = Path(run_dir)
     config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")

@@ -1,4 +1,4 @@
-"""The `attnexp` console script: a thin shell over attnexp.launch.
+"""The `attnexp` console script: a thin shell over attnexp.sweep.launch.
 
 A bad override ends with one line (`attnexp: error: key=value: reason`), exit
 code 2, no traceback and no run directory. `--help` and `--cfg` are answered
@@ -46,7 +46,7 @@ def show_config(flags: list[str], overrides: list[str]) -> None:
         fail(f"--cfg {which}: show job, hydra or all".replace("--cfg : ", "--cfg: "))
     node = cfg if which == "all" else cfg.hydra if which == "hydra" else split_hydra(cfg)[0]
     package = next((flags[i + 1] for i, f in enumerate(flags[:-1]) if f in ("--package", "-p")), None)
-    from attnexp.launch import hydra_config
+    from attnexp.sweep.launch import hydra_config
 
     with hydra_config(cfg):  # --resolve reads ${hydra:...}
         if package:  # a key of the whole config, as Hydra's --package
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
                                                                           "--resolve", "--package", "-p")]  # fmt: skip
     if unknown:
         fail(f"{unknown[0]}: unknown flag (attnexp --help lists what it takes)")
-    from attnexp import launch
+    from attnexp.sweep import launch
 
     try:
         if any(f in flags for f in ("--help", "-h", "--cfg", "-c")):

@@ -33,9 +33,9 @@ def compose(*overrides: str):
 
 
 def run_in(folder, *overrides: str) -> dict:
-    """attnexp.run.run_mode of `overrides` with its files in `folder` (what a Hydra job does)."""
+    """attnexp.train.modes.run_mode of `overrides` with its files in `folder` (what a Hydra job does)."""
     from attnexp.api import compose_config
-    from attnexp.run import run_mode
+    from attnexp.train.modes import run_mode
 
     return run_mode(compose_config([*overrides, f"paths.output_dir={folder}"]))
 

@@ -131,7 +131,7 @@ def test_a_run_leaves_config_events_checkpoints_and_metrics(workdir):
 
 
 def test_a_second_run_in_the_same_second_gets_its_own_folder(workdir):
-    from attnexp.rundir import claim_dir
+    from attnexp.train.rundir import claim_dir
 
     first = claim_dir(str(workdir / "03-04-05_cct2_softmax_x"))
     second = claim_dir(str(workdir / "03-04-05_cct2_softmax_x"))

@@ -15,13 +15,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from attnexp.build import build_model
+from attnexp.build.objects import build_model
+from attnexp.build.preflight import check_built, example_input
 from attnexp.config.compose import compose, group_options, split_hydra
-from attnexp.config.validate import validate
+from attnexp.config.rules import validate
 from attnexp.errors import ConfigError
 from attnexp.layers.attention import Attention
 from attnexp.layers.contract import AttentionLayer
-from attnexp.preflight import check_built, example_input
 
 MODELS = group_options("model")
 ATTENTIONS = group_options("attention")

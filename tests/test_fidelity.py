@@ -38,7 +38,7 @@ def test_official_recipe_is_one_switch():
 def test_optimizer_is_adamw_with_torch_defaults_on_every_parameter():
     from hydra.utils import instantiate
 
-    from attnexp.module import ClassifierModule
+    from attnexp.train.module import ClassifierModule
 
     cfg = compose("model=cct2")
     module = ClassifierModule(attnexp.build_model(["model=cct2"]), optimizer=instantiate(cfg.optimizer))
@@ -51,7 +51,7 @@ def test_optimizer_is_adamw_with_torch_defaults_on_every_parameter():
 
 @pytest.mark.parametrize("recipe,eval_smoothing", [("fast", 0.0), ("official", 0.1)])
 def test_label_smoothing_on_the_train_loss_and_on_the_eval_loss_by_recipe(recipe, eval_smoothing):
-    from attnexp.run import build_module
+    from attnexp.build.objects import build_module
 
     cfg = compose("model=cct2", "data=fake", f"recipe={recipe}")
     module = build_module(cfg, attnexp.build_model(["model=cct2", "data=fake"]))

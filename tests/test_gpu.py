@@ -43,8 +43,7 @@ def test_bf16_training_run(tmp_path):
 
 def test_device_resident_loader_and_fused_adamw():
     from attnexp.api import compose_config
-    from attnexp.build import build_data, build_model
-    from attnexp.run import make_optimizer
+    from attnexp.build.objects import build_data, build_model, make_optimizer
 
     cfg = compose_config(GPU_RUN)
     datamodule = build_data(cfg)  # loader=auto: resident on the device the trainer trains on

@@ -18,7 +18,7 @@ import torch
 from conftest import attnexp_main
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from attnexp import report
+from attnexp.tools import report
 
 # two short epochs of real digits, deterministic kernels: what the equality is checked on
 RUN = [
@@ -140,7 +140,7 @@ def test_a_member_checkpoint_is_an_ordinary_run(seeds):
 def test_sigterm_then_resume_continues_the_pack_bit_exact(seeds, tmp_path, monkeypatch):
     """SIGTERM after step 3 of 4 (mid-epoch 2): every member checkpointed, the sweep stops; resumed
     with sweep.resume=true, each member ends with the uninterrupted pack's weights and scores."""
-    from attnexp.packrun import PackRecorder
+    from attnexp.pack.run import PackRecorder
 
     _, reference, _ = seeds
     cut = tmp_path / "cut"

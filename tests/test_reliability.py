@@ -197,7 +197,7 @@ def test_non_finite_loss_stops_marks_diverged_and_keeps_the_good_checkpoint(work
 
 
 def test_a_kill_during_checkpoint_writing_keeps_the_previous_file(tmp_path, monkeypatch):
-    from attnexp.callbacks import AtomicCheckpointIO
+    from attnexp.train.callbacks import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
@@ -217,7 +217,7 @@ def test_a_kill_during_checkpoint_writing_keeps_the_previous_file(tmp_path, monk
 
 WRITER = """
 import sys, torch
-from attnexp.callbacks import AtomicCheckpointIO
+from attnexp.train.callbacks import AtomicCheckpointIO
 io, big = AtomicCheckpointIO(), torch.randn(4_000_000)
 for epoch in range(1, 10_000):
     io.save_checkpoint({"epoch": epoch, "w": big}, sys.argv[1])
@@ -239,7 +239,7 @@ def test_sigkill_while_writing_checkpoints_leaves_a_loadable_one(tmp_path):
 
 
 def test_metrics_json_is_replaced_atomically(tmp_path):
-    from attnexp.rundir import RunRecord, read_metrics
+    from attnexp.train.rundir import RunRecord, read_metrics
 
     RunRecord(tmp_path).update(status="running", best_acc1=1.0)
     RunRecord(tmp_path).update(status="done")

@@ -12,6 +12,7 @@ import json
 import math
 import statistics
 import time
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from attnexp import report
+from attnexp.tools import report
 
 # val/acc1 per epoch for each seed: group x is the baseline, softmax clearly better, shift overlaps it
 CURVES = {
@@ -211,7 +212,7 @@ def test_anchors_column_from_the_shipped_seed000_file(tmp_path):
     assert rows["seqpool=x"]["published"] == "88.34 / 88.34 (seed 000); 89.17 (official README)"
     assert rows["seqpool=softmax"]["published"] == "87.10 / 86.99 (seed 000)"
     assert rows["seqpool=shift"]["published"] == ""  # the seed has no plain `shift` line
-    shipped = yaml.safe_load(Path(report.__file__).parent.parent.joinpath("conf/anchors/seed000.yaml").read_text())
+    shipped = yaml.safe_load(files("attnexp.conf").joinpath("anchors", "seed000.yaml").read_text())
     assert shipped["published"]["x_minus_softmax"] == [
         {"best": 88.20, "final": 88.12, "source": "later log"},
         {"best": 88.67, "final": 88.67, "source": "later log"},

@@ -18,7 +18,7 @@ from conftest import attnexp_main, check, compose, run_dirs
 from torch import nn
 
 from attnexp import build_model
-from attnexp.build import build_backbone
+from attnexp.build.objects import build_backbone
 from attnexp.errors import ConfigError
 from attnexp.layers.attention import Attention
 from attnexp.layers.value_maps import Identity, Remix, TokenSoftmax
@@ -291,7 +291,7 @@ def test_deep_dive_is_the_seed_recipe_on_every_dataset(data):
 
 
 def _train_briefly(mnist_root, run_dir, model: str, steps: int) -> dict:
-    from attnexp.run import run_mode
+    from attnexp.train.modes import run_mode
 
     cfg = compose(
         f"paths.output_dir={run_dir}",

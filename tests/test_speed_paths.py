@@ -251,9 +251,8 @@ def test_ddp_ranks_train_on_disjoint_shards(tmp_path):
     of the epoch exactly once, as many as a single process sees."""
     from hydra.utils import instantiate
 
-    from attnexp.build import build_data, build_model
-    from attnexp.module import ClassifierModule
-    from attnexp.run import make_trainer
+    from attnexp.build.objects import build_data, build_model, make_trainer
+    from attnexp.train.module import ClassifierModule
 
     cfg = compose(
         *TINY,
@@ -287,9 +286,8 @@ def test_ddp_ranks_score_the_test_split_as_one_process_does(tmp_path):
     counts over ranks, so top-1, top-5 and the mean loss equal one process's on the same data."""
     from hydra.utils import instantiate
 
-    from attnexp.build import build_data, build_model
-    from attnexp.module import ClassifierModule
-    from attnexp.run import make_trainer
+    from attnexp.build.objects import build_data, build_model, make_trainer
+    from attnexp.train.module import ClassifierModule
 
     def test_metrics(*overrides: str) -> dict:
         whole = ["data.test_size=33", "trainer.limit_val_batches=null"]  # every test image (TINY scores 1 batch)
@@ -330,7 +328,7 @@ def test_compile_failure_falls_back_to_eager_with_one_line(monkeypatch, capfd):
 
 
 def test_fast_path_switches():
-    from attnexp.run import channels_last_tokenizer, make_optimizer
+    from attnexp.build.objects import channels_last_tokenizer, make_optimizer
 
     cfg = compose("model=cct2")
     params = [torch.nn.Parameter(torch.zeros(3))]
@@ -379,7 +377,7 @@ def cct_forward_gflops(dim, layers, heads, mlp_ratio, conv_channels, image=32, c
 
 
 def test_bench_flop_counts_match_the_formula():
-    from attnexp.bench import count_flops
+    from attnexp.tools.bench import count_flops
 
     for model, expected in (
         ("cct7", cct_forward_gflops(256, 7, 4, 2.0, [256])),
@@ -393,7 +391,7 @@ def test_bench_flop_counts_match_the_formula():
 
 
 def test_bench_writes_its_report(tmp_path):
-    from attnexp.bench import run
+    from attnexp.tools.bench import run
 
     out = tmp_path / "bench.json"
     report = run([
@@ -443,7 +441,7 @@ def test_gpu_shared_launcher_runs_a_sweep(workdir):
 
 
 def test_bench_rejects_bad_choices_in_one_line(capsys):
-    from attnexp.bench import main
+    from attnexp.tools.bench import main
 
     assert main(["--models", "cct3"]) == 2
     assert main(["--variants", "eager,turbo"]) == 2

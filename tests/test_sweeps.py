@@ -18,9 +18,10 @@ import pytest
 from conftest import REPO, TINY, attnexp_main
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from attnexp import report, sweep
 from attnexp.config.compose import compose
-from attnexp.launch import plan
+from attnexp.sweep import manifest
+from attnexp.sweep.plan import plan
+from attnexp.tools import report
 
 BASE = [o for o in TINY if not o.startswith("trainer.max_epochs")]  # tests that set the epochs themselves
 REPORT = Path(sys.executable).parent / "attnexp-report"
@@ -78,7 +79,7 @@ def test_basic_launcher_sweep_and_report(basic_sweep, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"sweep {sweep_dir}: 4 done, 0 skipped, 0 failed, 0 incomplete (of 4 jobs)" in result.stdout
     # the planned folders (sweep.json) are the ones Hydra made: named by the overrides, then the seed
-    planned = sorted(j.dir for j in sweep.read_manifest(sweep_dir))
+    planned = sorted(j.dir for j in manifest.read_manifest(sweep_dir))
     assert planned == job_dirs(sweep_dir) and len(planned) == 4
     for d in planned:
         name, seed = d.split("/")
@@ -113,7 +114,7 @@ def test_joblib_launcher_with_dataloader_workers(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "4 done, 0 skipped, 0 failed, 0 incomplete" in result.stdout
-    assert sorted(j.dir for j in sweep.read_manifest(sweep_dir)) == job_dirs(sweep_dir)
+    assert sorted(j.dir for j in manifest.read_manifest(sweep_dir)) == job_dirs(sweep_dir)
     check_report(sweep_dir, tmp_path / "report")
 
 
@@ -125,7 +126,7 @@ def test_a_failing_job_does_not_stop_the_others(tmp_path):
     assert result.returncode == 1  # a job not done fails the sweep
     assert "1 done, 0 skipped, 1 failed, 0 incomplete (of 2 jobs)" in result.stdout
     assert "sweep.resume=true" in result.stderr  # how to re-run what is left
-    states = {d: s for d, s, _ in sweep.sweep_states(sweep_dir)}
+    states = {d: s for d, s, _ in manifest.sweep_states(sweep_dir)}
     failed = next(d for d in states if "corrupt.pth" in d)
     assert states[failed] == "failed" and list(states.values()).count("done") == 1
     reason = json.loads((sweep_dir / failed / "metrics.json").read_text())["reason"]
@@ -203,13 +204,13 @@ def test_summary_states_and_exit_code(tmp_path, capsys):
     os.utime(root / "a/seed_0/metrics.json", (since - 60, since - 60))  # done before this invocation
     (root / "e/seed_0").mkdir(parents=True)
     (root / "e/seed_0/summary.json").write_text("{}")  # a mode=summary job
-    jobs = [sweep.Job([f"x={d}"], d) for d in [*cases, "e/seed_0"]]
-    sweep.write_manifest(str(root), jobs, command="attnexp -m ...")
-    states = {d: (s, why) for d, s, why in sweep.sweep_states(root, since)}
+    jobs = [manifest.Job([f"x={d}"], d) for d in [*cases, "e/seed_0"]]
+    manifest.write_manifest(str(root), jobs, command="attnexp -m ...")
+    states = {d: (s, why) for d, s, why in manifest.sweep_states(root, since)}
     assert {d: s for d, (s, _) in states.items()} == {d: s for d, (_, s) in cases.items()} | {"e/seed_0": "done"}
     assert states["b/seed_1"][1] == "diverged: non-finite loss at step 3"
     assert "after epoch 4" in states["c/seed_1"][1] and states["d/seed_0"][1] == "never started"
-    assert sweep.finish(str(root), since, "attnexp -m ... sweep.resume=true") == 1
+    assert manifest.finish(str(root), since, "attnexp -m ... sweep.resume=true") == 1
     out = capsys.readouterr()
     assert "2 done, 1 skipped, 2 failed, 3 incomplete (of 8 jobs)" in out.out
     assert "5 of 8 jobs not done" in out.err and "sweep.resume=true" in out.err
@@ -217,11 +218,11 @@ def test_summary_states_and_exit_code(tmp_path, capsys):
 
 def test_requeued_slurm_job_resumes(monkeypatch):
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
-    assert not sweep.requeued()
+    assert not manifest.requeued()
     monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
-    assert not sweep.requeued()
+    assert not manifest.requeued()
     monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
-    assert sweep.requeued()
+    assert manifest.requeued()
 
 
 def test_launcher_configs_compose(monkeypatch):
@@ -252,14 +253,14 @@ def test_submitit_local_runs_a_job(tmp_path):
     result = multirun(sweep_dir, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", *TINY, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 done, 0 skipped, 0 failed, 0 incomplete (of 1 jobs)" in result.stdout
-    (job,) = sweep.read_manifest(sweep_dir)
+    (job,) = manifest.read_manifest(sweep_dir)
     assert json.loads((sweep_dir / job.dir / "metrics.json").read_text())["status"] == "done"
     assert any((sweep_dir / ".submitit").iterdir())  # submitit's own logs stay inside the sweep
 
 
 def test_repo_ships_the_report_script():
     assert REPORT.is_file(), "run `pip install -e .` so the attnexp-report console script exists"
-    assert 'attnexp-report = "attnexp.report:main"' in (REPO / "pyproject.toml").read_text()
+    assert 'attnexp-report = "attnexp.tools.report:main"' in (REPO / "pyproject.toml").read_text()
 
 
 def test_long_job_names_fit_the_file_system():
@@ -328,12 +329,13 @@ def test_a_dry_run_plans_on_a_machine_without_the_dataset(tmp_path, monkeypatch,
 def test_each_job_is_composed_once_in_the_cli_process(tmp_path, monkeypatch, capsys):
     """A single run: one composition. A sweep: one for the sweep itself, then one per job (the plan
     the checks, the folders and the dry run all read); launchers compose again in their workers."""
-    from attnexp import launch
     from attnexp.cli import main
+    from attnexp.sweep import launch, plan
 
     calls = []
     real = launch.compose
-    monkeypatch.setattr(launch, "compose", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    for module in (launch, plan):  # a run is composed in launch, a sweep's jobs in plan
+        monkeypatch.setattr(module, "compose", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     monkeypatch.chdir(tmp_path)
     main(["-m", "debug=tiny", "seqpool=x,softmax", "seed=0,1", "sweep.dry_run=true"])
     assert "(4 jobs; nothing is run or written)" in capsys.readouterr().out

@@ -56,7 +56,7 @@ def test_the_text_demo_beats_a_bag_of_words_model_by_far(workdir):
 
 
 def test_the_text_presets_run_and_attnexp_report_reads_them(workdir):
-    from attnexp import report
+    from attnexp.tools import report
 
     glove = workdir / "glove.txt"
     glove.write_text("".join(f"{w} {' '.join(['0.1'] * 300)}\n" for w in ("not", "good", "film")))

@@ -133,7 +133,7 @@ def test_a_short_remix_fine_tune_runs_through_the_cli(tmp_path):
     # the run loads back as any other, and the report draws accuracy against α
     run = attnexp.load_run(run_dir)
     assert run.model.net.head.out_features == 10
-    from attnexp.report import main as report
+    from attnexp.tools.report import main as report
 
     assert report([str(run_dir), "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "alpha.png").is_file()

@@ -11,10 +11,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+from contextlib import contextmanager
 from importlib.resources import files
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 import attnexp.config.schema  # noqa: F401  (registers the schemas the yamls name)
@@ -97,7 +98,7 @@ def _known_keys(schema: Any) -> str:
     return f" (known: {', '.join(names)})"
 
 
-def config_error(exc: Exception) -> ConfigError:
+def composition_error(exc: Exception) -> ConfigError:
     """Hydra's or OmegaConf's exception → ConfigError, from the exception's own fields."""
     from hydra.errors import MissingConfigException, OverrideParseException
 
@@ -179,5 +180,27 @@ def compose(
         else:
             cfg = loader.load_configuration("config", overrides, RunMode[mode or "RUN"])
     except Exception as exc:  # Hydra's composition errors come in several types, all user-facing
-        raise config_error(exc) from None
+        raise composition_error(exc) from None
     return cfg if return_hydra_config else split_hydra(cfg)[0]
+
+
+@contextmanager
+def hydra_config(cfg: DictConfig):
+    """Hydra's global config set to `cfg` (what `${hydra:...}` values read), then put back."""
+    from hydra.core.hydra_config import HydraConfig
+
+    holder = HydraConfig.instance()
+    saved = holder.cfg
+    holder.set_config(cfg)
+    try:
+        yield
+    finally:
+        holder.cfg = saved
+
+
+def set_hydra_key(cfg: DictConfig, key: str, value) -> None:
+    """Set a key of Hydra's (read-only) node in the composed config."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent)
+    with read_write(node):
+        node[leaf] = value

@@ -224,7 +224,7 @@ def warp(images: torch.Tensor, theta: torch.Tensor, fill: float) -> torch.Tensor
 # ------------------------------------------------------------------ colour ops: uint8 (G, C, H, W), magnitude (G,)
 
 
-def _per_image(v: torch.Tensor) -> torch.Tensor:
+def per_image(v: torch.Tensor) -> torch.Tensor:
     return v.view(-1, 1, 1, 1)
 
 
@@ -243,13 +243,13 @@ def _blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> t
     addcmul rounds once for the second product and the sum, as torchvision's add_(alpha=) does:
     a separate multiply and add lands on the other side of an integer for ~1 % of pixels.
     """
-    keep = _per_image(factor.float())
-    rest = _per_image((1.0 - factor).float())
+    keep = per_image(factor.float())
+    rest = per_image((1.0 - factor).float())
     return torch.addcmul(images.float() * keep, other, rest).clamp(0, 255).to(torch.uint8)
 
 
 def brightness(images: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    return (images.float() * _per_image((1.0 + m).float())).clamp(0, 255).to(torch.uint8)
+    return (images.float() * per_image((1.0 + m).float())).clamp(0, 255).to(torch.uint8)
 
 
 def color(images: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -275,18 +275,18 @@ def sharpness(images: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     blurred = F.conv2d(x, kernel, groups=C).round()  # (G, C, H-2, W-2)
     inner = x[..., 1:-1, 1:-1]
     out = x.clone()
-    out[..., 1:-1, 1:-1] = torch.addcmul(inner, blurred - inner, _per_image((1.0 - (1.0 + m)).float()))
+    out[..., 1:-1, 1:-1] = torch.addcmul(inner, blurred - inner, per_image((1.0 - (1.0 + m)).float()))
     return out.clamp(0, 255).to(torch.uint8)
 
 
 def posterize(images: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     bits = m.round().clamp(0, 8).long()
     keep = ((1 << bits) - 1) << (8 - bits)  # the top `bits` bits
-    return images & _per_image(keep.to(torch.uint8))
+    return images & per_image(keep.to(torch.uint8))
 
 
 def solarize(images: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    threshold = _per_image((255.0 * m).float())
+    threshold = per_image((255.0 * m).float())
     return torch.where(images.float() >= threshold, 255 - images, images)
 
 
@@ -451,14 +451,14 @@ class BatchAutoAugment:
             for k in affine:
                 theta = torch.where((ops == k).view(-1, 1, 1), AFFINE_OPS[OP_NAMES[k]](m, H, W), theta)
             moves = active & torch.isin(ops, geometric)
-            images = _run(images, moves, lambda x, t: warp(x, t, self.fill), theta, masked)
+            images = apply_where(images, moves, lambda x, t: warp(x, t, self.fill), theta, masked)
         for k in present:
             if OP_NAMES[k] in COLOR_OPS:
-                images = _run(images, active & (ops == k), COLOR_OPS[OP_NAMES[k]], m, masked)
+                images = apply_where(images, active & (ops == k), COLOR_OPS[OP_NAMES[k]], m, masked)
         return images
 
 
-def _run(images: torch.Tensor, chosen: torch.Tensor, op, param: torch.Tensor, masked: bool) -> torch.Tensor:
+def apply_where(images: torch.Tensor, chosen: torch.Tensor, op, param: torch.Tensor, masked: bool) -> torch.Tensor:
     """images with op(image, param) in place of every chosen image."""
     if masked:
         return torch.where(chosen.view(-1, 1, 1, 1), op(images, param), images)

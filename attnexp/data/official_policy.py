@@ -32,10 +32,10 @@ from attnexp.data.autoaugment import (
     POLICIES,
     SIGNED,
     Draw,
-    _per_image,
-    _run,
+    apply_where,
     equalize,
     invert,
+    per_image,
     policy_tables,
     posterize,
 )
@@ -250,7 +250,7 @@ def blend(degenerate: torch.Tensor, images: torch.Tensor, m: torch.Tensor) -> to
     α is 1 + m in float64 rounded to float32 (PIL parses it as a C float); the
     product and the sum round separately (no fused multiply-add), as PIL's C does.
     """
-    alpha = _per_image((1.0 + m).float())
+    alpha = per_image((1.0 + m).float())
     base = degenerate.float()
     mixed = base + alpha * (images.float() - base)
     return mixed.clamp(0, 255).to(torch.uint8)  # the cast truncates, as PIL's (UINT8) does
@@ -307,7 +307,7 @@ def sharpness(images: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 def solarize(images: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     """ImageOps.solarize: pixels at or above the (float) threshold are inverted."""
-    return torch.where(images.double() >= _per_image(threshold), 255 - images, images)
+    return torch.where(images.double() >= per_image(threshold), 255 - images, images)
 
 
 def autocontrast(images: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -391,10 +391,10 @@ class OfficialCIFAR10Policy:
             ops, active = op_index[draw.policy, slot], draw.applied[:, slot]
             if any(OP_NAMES[k] in NEAREST_WARPS for k in self.slot_ops[slot]):
                 moves = active & torch.isin(ops, warp_ids)
-                images = _run(images, moves, lambda x, e: remap(x, sources[e], self.fill), entry, masked)
+                images = apply_where(images, moves, lambda x, e: remap(x, sources[e], self.fill), entry, masked)
             for k in self.slot_ops[slot]:
                 if OP_NAMES[k] not in NEAREST_WARPS:
-                    images = _run(images, active & (ops == k), self._op(OP_NAMES[k]), magnitudes[entry], masked)
+                    images = apply_where(images, active & (ops == k), self._op(OP_NAMES[k]), magnitudes[entry], masked)
         return images
 
     def _op(self, name: str):

@@ -3,7 +3,7 @@ member exactly the masks its unpacked run draws.
 
 An unpacked run seeds torch's generator per step (ClassifierModule) and each dropout, attention
 dropout and stochastic-depth site draws `bernoulli(keep)` of its shape, in module order. A
-packed run (attnexp.pack) records that order once (`recording`), then per step draws each
+packed run (attnexp.pack.module) records that order once (`recording`), then per step draws each
 member's masks from that member's own generator, seeded as its unpacked run seeds the global
 one, and replays them through `replaying` inside the vectorised forward.
 """

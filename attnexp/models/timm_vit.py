@@ -23,7 +23,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from attnexp.build import file_sha256
 from attnexp.errors import require
 from attnexp.layers.block import attention_per_block
 
@@ -170,7 +169,7 @@ class TimmViT(nn.Module):
         rows = head_rows(pretrained)
         # timm keeps the file's head only when it matches num_classes (else re-initialises it)
         options["pretrained_cfg_overlay"] = {"file": pretrained, **({"num_classes": rows} if rows else {})}
-        return {"name": name, "file": os.path.abspath(pretrained), "sha256": file_sha256(pretrained)}
+        return {"name": name, "file": os.path.abspath(pretrained)}  # attnexp adds the file's sha256
 
     def _refuse_unsupported(self, name: str) -> None:
         net = self.net

@@ -9,12 +9,9 @@ wrote) when the run did not finish.
 from __future__ import annotations
 
 import json
-import logging
 import os
-import sys
 import time
 import traceback
-import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -22,10 +19,23 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from attnexp.build import build_alpha, build_data, build_model, load_weights, read_checkpoint, weights_source
-from attnexp.callbacks import AtomicCheckpointIO, GracefulStop, RunRecorder, StopRequested
-from attnexp.module import ClassifierModule, NonFiniteLoss
-from attnexp.rundir import RunRecord, provenance
+from attnexp.build.objects import (
+    best_and_last,
+    build_data,
+    build_model,
+    build_module,
+    example_input,
+    load_weights,
+    make_logger,
+    make_trainer,
+    on_gpu,
+    read_checkpoint,
+    seed_and_threads,
+    weights_source,
+)
+from attnexp.train.callbacks import GracefulStop, RunRecorder, StopRequested
+from attnexp.train.module import ClassifierModule, NonFiniteLoss
+from attnexp.train.rundir import RunRecord, provenance
 
 
 class RunFailed(Exception):
@@ -48,112 +58,6 @@ def device_name(on_gpu: bool) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _on_gpu(cfg: DictConfig) -> bool:
-    return torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
-
-
-def seed_and_threads(cfg: DictConfig) -> None:
-    if cfg.compute.num_threads:
-        torch.set_num_threads(cfg.compute.num_threads)
-    if _on_gpu(cfg):
-        torch.set_float32_matmul_precision(cfg.compute.matmul_precision)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-
-
-def _compile_failed(e: Exception) -> None:
-    reason = (str(e).strip().splitlines() or [""])[0][:200]
-    print(f"attnexp: torch.compile failed ({type(e).__name__}: {reason}); running eager", file=sys.stderr)
-
-
-def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
-    """torch.compile `model` in place (same object, same state_dict keys, so checkpoints load anywhere).
-
-    Compilation happens at the first call, which is also where a missing C++
-    compiler or an unsupported op shows up: then one line says so and the
-    model runs eager from then on, instead of the run dying.
-    """
-    if not enabled:
-        return model
-    try:
-        model.compile()
-    except Exception as e:  # e.g. a Python version dynamo does not support
-        _compile_failed(e)
-        return model
-    from torch._dynamo.exc import TorchDynamoException
-
-    compiled = getattr(model, "_compiled_call_impl", None)  # where nn.Module.compile keeps the compiled call
-    if compiled is None:  # a torch whose Module.compile works otherwise: compiled, without the fallback
-        return model
-
-    def call_or_fall_back(*args, **kwargs):
-        try:
-            return compiled(*args, **kwargs)
-        except TorchDynamoException as e:  # backend and toolchain failures
-            _compile_failed(e)
-            model._compiled_call_impl = None
-            return model._call_impl(*args, **kwargs)
-
-    model._compiled_call_impl = call_or_fall_back
-    return model
-
-
-def channels_last_tokenizer(model: torch.nn.Module) -> torch.nn.Module:
-    """NHWC tokenizer convs (what cuDNN's tensor-core kernels and oneDNN want); a pre-hook converts the input.
-
-    The tokenizer's (B, C, H, W) → (B, H·W, C) flatten is then a free view.
-    """
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None or not any(isinstance(m, torch.nn.Conv2d) for m in tokenizer.modules()):
-        return model
-    tokenizer.to(memory_format=torch.channels_last)
-    tokenizer.register_forward_pre_hook(
-        lambda _, args: (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
-    )
-    return model
-
-
-def make_optimizer(cfg: DictConfig, on_gpu: bool):
-    """The optimizer partial. fused=null means the fused kernel on a GPU (one launch per step, not
-    one per parameter tensor) and torch's default elsewhere; true/false are taken as given."""
-    if on_gpu and "fused" in cfg.optimizer and cfg.optimizer.fused is None:
-        return instantiate(cfg.optimizer, fused=True)
-    return instantiate(cfg.optimizer)
-
-
-def quiet_lightning() -> None:
-    """Keep the console to attnexp's own lines: Lightning's start-up banners (accelerator
-    availability, advertising tips) and two warnings that do not apply to our loaders."""
-    for name in ("pytorch_lightning", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning's own deprecated call
-    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")  # epoch metrics are ours
-
-
-def make_trainer(
-    cfg: DictConfig, callbacks: list, logger, root_dir: str | None = None, checkpointing: bool = True
-) -> pl.Trainer:
-    """Lightning's Trainer from the trainer node (hydra.utils.instantiate); attnexp fills what
-    depends on the machine (auto accelerator, precision and progress bar) and its own parts.
-    `root_dir`: the run's folder (None for the start-up check, which writes nothing)."""
-    quiet_lightning()
-    t = cfg.trainer
-    on_gpu = _on_gpu(cfg)
-    progress = t.enable_progress_bar if t.enable_progress_bar is not None else sys.stderr.isatty()
-    extra = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
-    return instantiate(
-        t,
-        accelerator="gpu" if on_gpu else "cpu",
-        precision=t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true"),
-        benchmark=on_gpu and not t.deterministic,  # cuDNN picks the fastest tokenizer-conv kernels once per shape
-        enable_progress_bar=progress,
-        callbacks=callbacks + extra,
-        logger=logger,
-        default_root_dir=root_dir,
-        enable_checkpointing=checkpointing,  # a pack writes its members' checkpoints itself
-        plugins=[AtomicCheckpointIO()],
-    )
-
-
 def numerics(trainer: pl.Trainer) -> dict:
     """What decides the arithmetic of a run (recorded: recipes compare only like with like)."""
     return {
@@ -163,13 +67,8 @@ def numerics(trainer: pl.Trainer) -> dict:
     }
 
 
-def make_logger(cfg: DictConfig):
-    """The logger group's choice (TensorBoard by default), writing into the run's folder."""
-    return instantiate(cfg.logger) if cfg.get("logger") else False
-
-
 def _hydra_job():
-    """Hydra's config of the job this runs in; None when attnexp.run.train is called directly."""
+    """Hydra's config of the job this runs in; None when attnexp.train.modes.train is called directly."""
     from hydra.core.hydra_config import HydraConfig
 
     return HydraConfig.get() if HydraConfig.initialized() else None
@@ -208,36 +107,6 @@ def run_hparams(choices: dict, overrides: list[str], swept: list[str]) -> dict:
 # ---------------------------------------------------------------- modes
 
 
-def build_module(cfg: DictConfig, model: torch.nn.Module, run_config: dict | None = None) -> ClassifierModule:
-    """The training module around a backbone, with the fast-path switches (shared with attnexp-bench)."""
-    on_gpu = _on_gpu(cfg)
-    channels_last_tokenizer(model)  # on the CPU too: CCT-2's train step runs ~1.2× faster (docs/speed.md)
-    return ClassifierModule(
-        maybe_compile(model, cfg.compute.compile),
-        optimizer=make_optimizer(cfg, on_gpu),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        label_smoothing=cfg.label_smoothing,
-        eval_label_smoothing=cfg.label_smoothing if cfg.recipe.smooth_eval_loss else 0.0,
-        alpha=build_alpha(cfg),
-        run_config=run_config,
-        nonfinite_every=cfg.trainer.log_every_n_steps if on_gpu else 1,
-        seed=cfg.seed,
-    )
-
-
-def best_and_last(ckpt_dir) -> tuple:
-    """The run's best.ckpt (by validation top-1) and last.ckpt (every epoch). Two callbacks: Lightning's
-    save_last only rewrites last.ckpt when the best improved, so a resume would repeat epochs.
-    (A packed member's checkpoints are written to match.)"""
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
-    best = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor="val/acc1", mode="max", auto_insert_metric_name=False
-    )
-    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False)
-    return best, last
-
-
 def train(cfg: DictConfig, record: RunRecord | None = None) -> dict:
     """Fit, then score the best checkpoint on the test split; the metrics dict (metrics.json)."""
     from pytorch_lightning.callbacks import LearningRateMonitor
@@ -250,7 +119,7 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict:
     datamodule = build_data(cfg)
     model = build_model(cfg)
     params = trainable_parameters(model)
-    on_gpu = _on_gpu(cfg)
+    gpu = on_gpu(cfg)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     module = build_module(cfg, model, run_config)
     choices = _choices()
@@ -267,7 +136,7 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict:
         run_dir=str(run_dir),
         params=params,
         choices=choices or resumed.get("choices", {}),
-        device=device_name(on_gpu),
+        device=device_name(gpu),
         threads=torch.get_num_threads(),  # on the CPU a result depends on it (README)
         recipe=cfg.recipe.name,
         numerics=numerics(trainer),
@@ -335,7 +204,7 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict:
 
 def time_inference(model: torch.nn.Module, datamodule, device: torch.device) -> dict:
     """ms per evaluation batch (seed 003's "average inference time"), on the device that trained."""
-    from attnexp.timing import inference_ms
+    from attnexp.train.timing import inference_ms
 
     images, _ = datamodule.test_dataloader().batch(0, 0)
     ms = inference_ms(model, images.to(device))
@@ -376,8 +245,6 @@ def summary(cfg: DictConfig, record: RunRecord | None = None) -> dict:
     for m in model.modules():  # the FLOP counter cannot see inside CPU fused attention kernels
         if isinstance(m, Attention) and m.reattn is None:
             m.fused = False
-    from attnexp.preflight import example_input
-
     x = example_input(cfg, model, 1)  # one image, or one text's word ids
     tokens = []  # the sequence length entering the first transformer block (class token included)
     blocks = [m for m in model.modules() if isinstance(m, TransformerBlock)]
@@ -410,7 +277,7 @@ MODES = {"train": train, "eval": evaluate, "summary": summary}
 def run_mode(cfg: DictConfig) -> dict:
     """The job of `cfg.mode` in `paths.output_dir`. Every way it can end is recorded in metrics.json
     by one RunRecord: a failure as `failed` with its one-line reason (traceback in error.txt)."""
-    from attnexp.build import CheckpointError
+    from attnexp.build.objects import CheckpointError
     from attnexp.errors import StartupError
 
     run_dir = cfg.paths.output_dir

@@ -46,7 +46,7 @@ def schedule_changes(saved: dict, current: dict) -> str:
     )
 
 
-def _step_seed(seed: int, step: int) -> int:
+def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1)
 
 
@@ -177,7 +177,7 @@ class ClassifierModule(EpochRateSchedule, pl.LightningModule):
         # dropout / drop-path draws become a function of (seed, step): a run resumed from any
         # step replays exactly what the uninterrupted run would have drawn (Lightning does not
         # checkpoint the global RNG). Seeding is a host-side call, no device sync.
-        torch.manual_seed(_step_seed(self.seed, self.global_step))
+        torch.manual_seed(step_seed(self.seed, self.global_step))
         # the loader's resume position counts this batch as consumed: any checkpoint written
         # after this step (callbacks' on_train_batch_end run before the module's) resumes after it
         loader = self.trainer.train_dataloader

@@ -1,6 +1,6 @@
 """A packed job of a sweep (`sweep.pack=seed|alpha`): its members as ordinary runs.
 
-attnexp.launch groups the sweep's jobs into packs and launches one Hydra job per
+attnexp.sweep.plan groups the sweep's jobs into packs and launches one Hydra job per
 pack, in its first member's folder, naming the members (`sweep.members`: their
 places in sweep.json). Here each member is composed exactly as the unpacked
 sweep composes it, gets its folder where the unpacked sweep puts it (`.hydra`,
@@ -21,36 +21,15 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from attnexp.callbacks import AtomicCheckpointIO, GracefulStop, StopRequested
-from attnexp.rundir import RunRecord, provenance
-
-PACKABLE = ("seed", "alpha")
-
-
-# ---------------------------------------------------------------- which jobs pack together (torch-free)
-
-
-def varying(overrides: list[str], pack: str) -> bool:
-    """Whether an override is one a pack's members may differ in."""
-    key = overrides.lstrip("+~").split("=", 1)[0]
-    return key == "seed" if pack == "seed" else key.startswith("alpha.")
-
-
-def group(jobs: list[list[str]], pack: str) -> list[list[int]]:
-    """Job indices packed together: jobs equal in every override except the packed key(s), in sweep order."""
-    packs: dict[tuple, list[int]] = {}
-    for i, overrides in enumerate(jobs):
-        rest = tuple(o for o in overrides if not varying(o, pack) and not o.startswith("sweep."))
-        packs.setdefault(rest, []).append(i)
-    return list(packs.values())
-
+from attnexp.train.callbacks import AtomicCheckpointIO, GracefulStop, StopRequested
+from attnexp.train.rundir import RunRecord, provenance
 
 # ---------------------------------------------------------------- what cannot be packed (torch)
 
 
 def refusal(cfg: DictConfig) -> str | None:
     """Why this job cannot train packed, or None (checked at start-up for each pack)."""
-    from attnexp.build import build_backbone
+    from attnexp.build.objects import build_backbone
     from attnexp.layers.randomness import untaped_randomness
 
     if cfg.mode != "train":
@@ -109,9 +88,8 @@ def compose_members(lead: DictConfig) -> list[tuple[DictConfig, DictConfig, str,
     """(job config, its hydra node, folder, overrides) of every member, composed as the sweep composed them."""
     from hydra.core.hydra_config import HydraConfig
 
-    from attnexp.config.compose import compose, split_hydra
-    from attnexp.launch import _set, hydra_config
-    from attnexp.sweep import read_manifest
+    from attnexp.config.compose import compose, hydra_config, set_hydra_key, split_hydra
+    from attnexp.sweep.manifest import read_manifest
 
     sweep_dir = HydraConfig.get().sweep.dir
     master = OmegaConf.load(Path(sweep_dir) / "multirun.yaml")
@@ -121,7 +99,7 @@ def compose_members(lead: DictConfig) -> list[tuple[DictConfig, DictConfig, str,
         job = jobs[index]
         cfg = compose(job.overrides, return_hydra_config=True, master=master)
         run_dir = os.path.abspath(os.path.join(sweep_dir, job.dir))
-        _set(cfg, "hydra.runtime.output_dir", run_dir)
+        set_hydra_key(cfg, "hydra.runtime.output_dir", run_dir)
         with hydra_config(cfg):
             body, _ = split_hydra(cfg)
             OmegaConf.resolve(body)
@@ -222,7 +200,7 @@ class PackRecorder(pl.Callback):
         """Member k's own checkpoint: its weights and config (mode=eval, load_run), and, cut from the
         pack's latest Lightning checkpoint, what its unpacked run's last.ckpt holds to resume
         alone: its AdamW slice, the loops, its ModelCheckpoint and RunRecorder states."""
-        from attnexp.run import best_and_last
+        from attnexp.build.objects import best_and_last
 
         member, state = self.members[k], module.members[k]
         folder = Path(member.run_dir) / "checkpoints"
@@ -280,9 +258,9 @@ def train_pack(lead: DictConfig) -> dict:
     interrupted or failed (with its one-line reason; the traceback in the first member's error.txt)."""
     import traceback
 
-    from attnexp.build import CheckpointError
+    from attnexp.build.objects import CheckpointError
     from attnexp.errors import StartupError
-    from attnexp.run import RunFailed
+    from attnexp.train.modes import RunFailed
 
     members = [Member(*m) for m in compose_members(lead)]
     try:
@@ -301,9 +279,18 @@ def train_pack(lead: DictConfig) -> dict:
 
 
 def _train(members: list[Member]) -> dict:
-    from attnexp.build import build_alpha, build_data, build_model, weights_source
-    from attnexp.pack import PackedData, PackedModule
-    from attnexp.run import RunFailed, _on_gpu, device_name, make_optimizer, make_trainer, numerics, seed_and_threads
+    from attnexp.build.objects import (
+        build_alpha,
+        build_data,
+        build_model,
+        make_optimizer,
+        make_trainer,
+        on_gpu,
+        seed_and_threads,
+        weights_source,
+    )
+    from attnexp.pack.module import PackedData, PackedModule
+    from attnexp.train.modes import RunFailed, device_name, numerics
 
     started = time.perf_counter()
     cfgs = [m.cfg for m in members]
@@ -317,7 +304,7 @@ def _train(members: list[Member]) -> dict:
     module = PackedModule(
         models,
         seeds=[c.seed for c in cfgs],
-        optimizer=make_optimizer(base, _on_gpu(base)),
+        optimizer=make_optimizer(base, on_gpu(base)),
         scheduler=instantiate(base.scheduler) if base.get("scheduler") else None,
         label_smoothing=base.label_smoothing,
         eval_label_smoothing=base.label_smoothing if base.recipe.smooth_eval_loss else 0.0,
@@ -338,7 +325,7 @@ def _train(members: list[Member]) -> dict:
             run_dir=m.run_dir,
             params=params,
             choices=m.choices,
-            device=device_name(_on_gpu(base)),
+            device=device_name(on_gpu(base)),
             threads=torch.get_num_threads(),
             recipe=m.cfg.recipe.name,
             numerics=numerics(trainer),

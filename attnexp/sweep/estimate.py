@@ -1,149 +1,20 @@
-"""Sweeps that survive real clusters: the job plan, the dry run, resuming, the end-of-sweep summary.
-
-Hydra launches the jobs (basic, joblib, submitit). Before it does,
-attnexp.launch plans every job and its folder and writes them to
-`<sweep>/sweep.json` (here), so a job that never started — its pool was killed
-before dispatching it — is still reported, and `sweep.resume=true` knows what
-is left. No torch at import.
-"""
+"""The dry run: every job, its folder and an estimated time, from a few timed training steps of
+its own model on this machine (and each pack's, from a timed packed step). Runs and writes nothing."""
 
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
-import sys
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from attnexp.rundir import atomic_write_text, read_metrics
-
-MANIFEST = "sweep.json"
-DONE_STATES = ("done", "skipped")
+from attnexp.sweep.manifest import Job
 
 # Training images per epoch of the real datasets, for the dry run's estimate (no dataset is read)
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "mnist": 60_000, "digits": 1_438}
 TEST_IMAGES = {"cifar10": 10_000, "cifar100": 10_000, "mnist": 10_000, "digits": 359}
 PROBE_BATCH = 16  # images per timed step: cheap on a CPU, still a real step
 TIMED_STEPS = 3  # after one warm-up step
-
-
-@dataclass
-class Job:
-    overrides: list[str]  # this job's task overrides, as the sweeper hands them to the launcher
-    dir: str  # its folder, relative to the sweep folder
-
-
-# ---------------------------------------------------------------- the plan
-
-
-def write_manifest(sweep_dir: str, jobs: list[Job], command: str) -> None:
-    """The sweep's job list; a resumed sweep with new jobs keeps the old ones too."""
-    path = Path(sweep_dir) / MANIFEST
-    known = {j.dir: j for j in read_manifest(sweep_dir)}
-    known.update({j.dir: j for j in jobs})
-    body = {"command": command, "jobs": [asdict(j) for j in known.values()]}
-    atomic_write_text(path, json.dumps(body, indent=2) + "\n")
-
-
-def read_manifest(sweep_dir: str | os.PathLike) -> list[Job]:
-    try:
-        body = json.loads((Path(sweep_dir) / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return []
-    return [Job(**j) for j in body.get("jobs", [])]
-
-
-# ---------------------------------------------------------------- job states
-
-
-def job_state(run_dir: Path, since: float | None = None) -> tuple[str, str]:
-    """(done | skipped | failed | incomplete, reason) of one job folder.
-
-    skipped: done before this invocation started (a resumed sweep left it alone).
-    incomplete: never started, killed (still `running` on disk), or interrupted —
-    what `sweep.resume=true` picks up.
-    """
-    try:
-        return _job_state(run_dir, since)
-    except OSError as e:  # e.g. a folder name the file system refused
-        return "incomplete", f"unreadable folder ({e.strerror})"
-
-
-def _job_state(run_dir: Path, since: float | None) -> tuple[str, str]:
-    metrics = read_metrics(run_dir)
-    status = metrics.get("status")
-    if status is None and (run_dir / "summary.json").is_file():  # mode=summary jobs write no metrics.json
-        return "done", ""
-    if status == "done":
-        stamp = (run_dir / "metrics.json").stat().st_mtime
-        return ("skipped" if since is not None and stamp < since else "done"), ""
-    reason = str(metrics.get("reason") or "")
-    if status in ("failed", "diverged"):
-        return "failed", f"{status}: {reason}" if status == "diverged" else reason
-    if status == "interrupted":
-        return "incomplete", f"interrupted ({reason})" if reason else "interrupted"
-    if status == "running":
-        last = metrics.get("epochs")
-        return "incomplete", f"stopped while running (killed?) after epoch {last or 0}"
-    if not run_dir.is_dir():
-        return "incomplete", "never started"
-    return "incomplete", "started, no metrics.json yet"
-
-
-def sweep_states(sweep_dir: str | os.PathLike, since: float | None = None) -> list[tuple[str, str, str]]:
-    """(job folder, state, reason) for every job of the manifest (or every folder holding .hydra)."""
-    root = Path(sweep_dir)
-    dirs = [j.dir for j in read_manifest(root)]
-    if not dirs:
-        dirs = sorted(str(p.parent.relative_to(root)) for p in root.rglob(".hydra") if p.parent != root)
-    return [(d, *job_state(root / d, since)) for d in dirs]
-
-
-def format_summary(sweep_dir: str, states: list[tuple[str, str, str]]) -> str:
-    counts = {s: sum(1 for _, state, _ in states if state == s) for s in ("done", "skipped", "failed", "incomplete")}
-    lines = [f"sweep {sweep_dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" (of {len(states)} jobs)"]
-    width = max((len(d) for d, _, _ in states), default=0)
-    for d, state, reason in states:
-        lines.append(f"  {state:<10} {d:<{width}}  {reason}".rstrip())
-    return "\n".join(lines)
-
-
-def summarize(sweep_dir: str, since: float | None) -> list[tuple[str, str, str]]:
-    states = sweep_states(sweep_dir, since)
-    print(format_summary(sweep_dir, states), flush=True)
-    return states
-
-
-def finish(sweep_dir: str, started: float, resume_command: str) -> int:
-    """The sweep's exit code: 1 when any job is not done (failed or incomplete), printing how to resume."""
-    states = summarize(sweep_dir, started)
-    left = [s for s in states if s[1] not in DONE_STATES]
-    if not left:
-        return 0
-    print(f"attnexp: {len(left)} of {len(states)} jobs not done; to re-run them:\n  {resume_command}", file=sys.stderr)
-    return 1
-
-
-# ---------------------------------------------------------------- inside a job
-
-
-def requeued() -> bool:
-    """A SLURM job started again after preemption or a time-out (submitit requeues the same overrides)."""
-    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
-
-
-def use_platform_start_method() -> None:
-    """Inside a joblib (loky) worker the default multiprocessing context is loky's, which cannot
-    start DataLoader workers; put back the platform's own (fork on Linux) for this job's process."""
-    if multiprocessing.get_start_method(allow_none=True) == "loky":
-        multiprocessing.set_start_method(multiprocessing.get_all_start_methods()[0], force=True)
-
-
-# ---------------------------------------------------------------- the dry run
 
 
 def _images(cfg: DictConfig, train: bool) -> int:
@@ -169,8 +40,8 @@ def measure(cfg: DictConfig, pack: int = 1, probe_batch: int | None = None) -> d
     from hydra.utils import instantiate
     from torch.utils.flop_counter import FlopCounterMode
 
-    from attnexp.build import build_model
-    from attnexp.preflight import example_input
+    from attnexp.build.objects import build_model
+    from attnexp.build.preflight import example_input
 
     if cfg.compute.num_threads:
         torch.set_num_threads(cfg.compute.num_threads)
@@ -184,8 +55,8 @@ def measure(cfg: DictConfig, pack: int = 1, probe_batch: int | None = None) -> d
     x = example_input(cfg, model, batch, device)
     x = torch.stack([x] * pack) if pack > 1 else x
     y = torch.randint(0, cfg.data.num_classes, x.shape[: 2 if pack > 1 else 1], device=device)
-    if pack > 1:  # K members, each its own data: one vectorised step (attnexp.pack)
-        from attnexp.pack import PackedModule
+    if pack > 1:  # K members, each its own data: one vectorised step (attnexp.pack.module)
+        from attnexp.pack.module import PackedModule
 
         models = [model.train()] + [build_model(cfg).to(device).train() for _ in range(pack - 1)]
         packed = PackedModule(models, seeds=list(range(pack)), optimizer=instantiate(cfg.optimizer)).to(device)

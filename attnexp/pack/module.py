@@ -30,7 +30,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from attnexp.layers import randomness
 from attnexp.layers.value_maps import scheduled_maps
-from attnexp.module import EpochMetrics, EpochRates, EpochRateSchedule, _step_seed
+from attnexp.train.module import EpochMetrics, EpochRates, EpochRateSchedule, step_seed
 
 
 def _safe(name: str) -> str:
@@ -116,7 +116,7 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
         if not plan:
             return []
         like = torch.empty(0, device=self.device)
-        gens = [torch.Generator(self.device).manual_seed(_step_seed(m.seed, step)) for m in self.members]
+        gens = [torch.Generator(self.device).manual_seed(step_seed(m.seed, step)) for m in self.members]
         drawn = [[randomness.fresh_mask(like, s, keep, g) for s, keep in plan] for g in gens]
         return [torch.stack([member[i] for member in drawn]) for i in range(len(plan))]
 

@@ -18,8 +18,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from attnexp.blame import blamed
-from attnexp.build import build_alpha, build_backbone, build_data, input_size
+from attnexp.config.blame import blamed
+from attnexp.build.objects import build_alpha, build_backbone, build_data, example_input, make_trainer
 from attnexp.data.files import DataMissingError
 from attnexp.errors import ConfigError
 from attnexp.layers.contract import AttentionLayer
@@ -58,13 +58,6 @@ def check_alpha(model: nn.Module, schedule) -> None:
             )
 
 
-def example_input(cfg: DictConfig, model: nn.Module, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """A batch of what the model reads: a model that reads something other than images makes
-    its own (`example_input`: the text models' word ids, padding included); images otherwise."""
-    if hasattr(model, "example_input"):
-        return model.example_input(batch, device)
-    size = input_size(cfg)
-    return torch.randn(batch, cfg.data.in_channels, size, size, device=device)
 
 
 def meta_forward(cfg: DictConfig, model: nn.Module) -> None:
@@ -119,8 +112,6 @@ def build_job(cfg: DictConfig) -> None:
 
 def check_trainer(cfg: DictConfig) -> None:
     """Lightning's Trainer, built as the job builds it (its constructor checks its arguments)."""
-    from attnexp.run import make_trainer
-
     with blamed("trainer", cfg.trainer):
         make_trainer(cfg, [], logger=False)
 

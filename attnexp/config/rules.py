@@ -1,7 +1,7 @@
 """The rules no single constructor can check (torch-free).
 
 Types and unknown keys are the schemas' job (Hydra, while composing); a value of
-one object is its constructor's (attnexp.preflight builds every object). What is
+one object is its constructor's (attnexp.build.preflight builds every object). What is
 left here ties two objects, or the job, together:
 - required keys: `???` values and the keys a preset lists under `required`;
 - the job: `mode=eval` needs a checkpoint, and the files the job names exist;

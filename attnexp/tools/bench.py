@@ -42,7 +42,7 @@ PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), 
 class Variant:
     impl: str  # attention.impl
     fast: bool = False  # the training path's switches: channels-last tokenizer, fused AdamW on a GPU
-    compile: bool = False  # torch.compile of the backbone (attnexp.run.maybe_compile)
+    compile: bool = False  # torch.compile of the backbone (attnexp.build.objects.maybe_compile)
     bf16: bool = False  # bf16 autocast on the CPU too (GPUs run every variant under bf16 autocast)
     about: str = ""
 
@@ -128,8 +128,7 @@ class StepRunner:
         import torch.nn.functional as F
         from hydra.utils import instantiate
 
-        from attnexp.build import build_model
-        from attnexp.run import channels_last_tokenizer, maybe_compile
+        from attnexp.build.objects import build_model, channels_last_tokenizer, maybe_compile
 
         cfg = compose(model_name, attention, f"attention.impl={variant.impl}", *data_overrides)
         torch.manual_seed(0)
@@ -198,10 +197,9 @@ def bench_path(model_name, attention, args, device, data_overrides) -> dict:
     import torch
     from omegaconf import open_dict
 
-    from attnexp.build import build_data, build_model
-    from attnexp.callbacks import RunRecorder
-    from attnexp.run import build_module, make_logger, make_trainer
-    from attnexp.rundir import RunRecord
+    from attnexp.build.objects import build_data, build_model, build_module, make_logger, make_trainer
+    from attnexp.train.callbacks import RunRecorder
+    from attnexp.train.rundir import RunRecord
 
     n = args.warmup + args.path_steps
     trainer_preset = "gpu" if device.type == "cuda" else "cpu"
@@ -218,7 +216,7 @@ def bench_path(model_name, attention, args, device, data_overrides) -> dict:
         "trainer.limit_val_batches=0",
         "trainer.enable_progress_bar=false",
     )
-    # the module exactly as attnexp.run.train builds it
+    # the module exactly as attnexp.train.modes.train builds it
     torch.manual_seed(0)
     module = build_module(cfg, build_model(cfg))
     datamodule = build_data(cfg)
@@ -350,7 +348,7 @@ def count_flops(model_name: str, attention: str, data_overrides) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from attnexp.build import build_model
+    from attnexp.build.objects import build_model
 
     cfg = compose(model_name, attention, "attention.impl=explicit", *data_overrides)
     model = build_model(cfg).train()
@@ -369,7 +367,7 @@ def training_memory(model_name: str, attention: str, batch: int, data_overrides)
     CPU with the explicit attention, whose saved maps make it the larger of the two paths)."""
     import torch
 
-    from attnexp.build import build_model
+    from attnexp.build.objects import build_model
 
     cfg = compose(model_name, attention, "attention.impl=explicit", *data_overrides)
     model = build_model(cfg).train()
@@ -396,7 +394,7 @@ def training_memory(model_name: str, attention: str, batch: int, data_overrides)
 def eval_img_per_s(model_name, attention, batch, device, data_overrides, repeats: int) -> float:
     import torch
 
-    from attnexp.build import build_model
+    from attnexp.build.objects import build_model
 
     cfg = compose(model_name, attention, "attention.impl=sdpa", *data_overrides)
     model = build_model(cfg).to(device).eval()
@@ -646,8 +644,8 @@ def run(argv=None) -> dict:
 
 def bench_pack(models: list[str], sizes: list[int], device, data_overrides, args) -> dict:
     """sweep.pack's gain: seconds of one packed train step of K members (each its own batch of
-    --batch-size images, attnexp.pack) against K unpacked steps; the ratio is printed, not asserted."""
-    from attnexp.sweep import measure
+    --batch-size images, attnexp.pack.module) against K unpacked steps; the ratio is printed, not asserted."""
+    from attnexp.sweep.estimate import measure
 
     device_overrides = ["trainer=cpu"] if device.type == "cpu" else []
     rows = []

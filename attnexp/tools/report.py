@@ -21,7 +21,7 @@ from pathlib import Path
 from statistics import mean, stdev
 
 from attnexp.config.compose import is_bookkeeping
-from attnexp.rundir import read_metrics
+from attnexp.train.rundir import read_metrics
 
 LOSS_TAG = "train/loss"
 ALPHA_TAG = "alpha"  # the α schedule's value, logged every step (its last value counts for the epoch)
@@ -123,7 +123,7 @@ def load_run(folder: Path, metric: str) -> Run:
 
 def find_runs(paths: list[str], metric: str) -> list[Run]:
     """Every training run below the paths, plus the planned jobs of a sweep (sweep.json) that never started."""
-    from attnexp.sweep import read_manifest
+    from attnexp.sweep.manifest import read_manifest
 
     runs: dict[Path, Run] = {}
     for p in paths:
