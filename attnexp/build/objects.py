@@ -23,6 +23,7 @@ from torch import nn
 
 from attnexp.config.blame import blamed
 from attnexp.layers.value_maps import scheduled_maps
+from attnexp.pack.module import PackedModule
 from attnexp.train.callbacks import AtomicCheckpointIO
 from attnexp.train.module import ClassifierModule
 
@@ -309,6 +310,21 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, run_config: dict | Non
         run_config=run_config,
         nonfinite_every=cfg.trainer.log_every_n_steps if gpu else 1,
         seed=cfg.seed,
+    )
+
+
+def build_pack(cfgs: list[DictConfig], models: list[nn.Module]) -> PackedModule:
+    """The members' models as one vectorised module, trained as each member's run would be (one
+    optimizer over the stacked tensors is K independent AdamWs)."""
+    base = cfgs[0]
+    return PackedModule(
+        models,
+        seeds=[c.seed for c in cfgs],
+        optimizer=make_optimizer(base, on_gpu(base)),
+        scheduler=instantiate(base.scheduler) if base.get("scheduler") else None,
+        label_smoothing=base.label_smoothing,
+        eval_label_smoothing=base.label_smoothing if base.recipe.smooth_eval_loss else 0.0,
+        alphas=[build_alpha(c) for c in cfgs],
     )
 
 
