@@ -95,6 +95,7 @@ def test_a_run_leaves_config_events_checkpoints_and_metrics(workdir):
     )
     assert m["command"].startswith("attnexp data=fake") and torch.__version__.startswith(m["versions"]["torch"])
     assert "git_commit" in m and "git_dirty" in m and m["device"].startswith("cpu")
+    assert "inference_ms_per_batch" not in m  # timed only when a config asks (timing.inference: seed 003)
 
     from tbparse import SummaryReader
 

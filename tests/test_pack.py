@@ -82,9 +82,10 @@ def test_packed_seeds_equal_their_unpacked_runs(seeds):
 
 @pytest.fixture(scope="module")
 def alphas(tmp_path_factory):
-    """Three α values of remix unpacked, and packed with a fourth, 1e38, whose first step overflows."""
+    """Three α values of remix unpacked, and packed with a fourth, 1e38, whose first step overflows
+    (with Adam: its learning-rate tag is Lightning's name for it, lr-Adam)."""
     root = tmp_path_factory.mktemp("pack_alphas")
-    grid = ["attention=remix", "alpha=constant", "alpha.allow_extrapolation=true"]
+    grid = ["attention=remix", "alpha=constant", "alpha.allow_extrapolation=true", "optimizer=adam"]
     unpacked = sweep(root, "unpacked", *grid, "alpha.value=0,0.5,1")
     return unpacked, sweep(root, "packed", *grid, "alpha.value=0,0.5,1,1e38", "sweep.pack=alpha"), grid
 
@@ -107,6 +108,29 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on(alphas):
     initial = attnexp.build_model([*RUN, *grid, "alpha.value=1e38"]).state_dict()
     assert all(torch.equal(state[f"model.{k}"], v) for k, v in initial.items())
     # the other members equal their unpacked runs: test_packed_alpha_values_equal_their_unpacked_runs
+
+
+def tags(run_dir: Path) -> tuple[set[str], set[str]]:
+    """(scalar tags, HParams plugin tags) of a run's event files."""
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    return set(events.Tags()["scalars"]), set(events.PluginTagToContent("hparams"))
+
+
+@pytest.mark.parametrize("fixture", ["seeds", "alphas"])
+def test_a_member_records_and_logs_what_its_unpacked_run_does(fixture, request):
+    """The same lifecycle: metrics.json's keys, TensorBoard's tags (the learning rate under the tag
+    LearningRateMonitor gives the optimizer in use) and an HParams entry."""
+    unpacked, packed = request.getfixturevalue(fixture)[:2]
+    optimizer = "Adam" if fixture == "alphas" else "AdamW"
+    runs, packs = members(unpacked), members(packed)
+    assert runs
+    for name, run in runs.items():
+        alone, member = (json.loads((d / "metrics.json").read_text()) for d in (run, packs[name]))
+        assert set(member) - {"packed_with"} == set(alone), name
+        (scalars, hparams), (theirs, their_hparams) = tags(packs[name]), tags(run)
+        assert scalars == theirs and f"lr-{optimizer}" in scalars and "test/acc1" in scalars, name
+        assert hparams == their_hparams and "_hparams_/session_start_info" in hparams, name
 
 
 def test_a_packed_sweep_reports_as_the_unpacked_one(seeds):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
@@ -44,8 +44,6 @@ class MemberState:
     seed: int
     alpha: object = None  # its α schedule (None: no α)
     diverged_step: int | None = None
-    history: list = field(default_factory=list)
-    best_acc1: float | None = None
     best_state: dict | None = None  # its weights at the best validation top-1 (CPU copies)
 
 
@@ -253,7 +251,7 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
 
     # ------------------------------------------------------------ a pack's checkpoint (Ctrl-C / SIGTERM)
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """What a resumed pack needs beyond weights, optimizer and loops: each member's history,
+        """What a resumed pack needs beyond weights, optimizer and loops: each member's
         best weights and divergence, the frozen slices, the α values, and who the members are."""
         checkpoint["pack"] = {
             "members": [

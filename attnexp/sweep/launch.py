@@ -140,7 +140,8 @@ def _resume_or_run(cfg: DictConfig, run_dir: str, multirun: bool) -> dict | None
 
 
 def _run_recorded(cfg: DictConfig, run_dir: str, multirun: bool) -> dict | None:
-    from attnexp.train.modes import RunFailed, run_mode
+    from attnexp.train.lifecycle import RunFailed
+    from attnexp.train.modes import run_mode
 
     try:
         if cfg.sweep.members:

@@ -1,4 +1,4 @@
-"""The runner's Lightning callbacks: console lines, metrics.json, signal-safe stop, attention statistics."""
+"""The runner's own Lightning callbacks: the epoch record, the signal-safe stop, atomic checkpoint writes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
-
-from attnexp.train.rundir import RunRecord
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -34,18 +32,19 @@ def _scalar(metrics: dict, key: str) -> float | None:
 
 
 class RunRecorder(pl.Callback):
-    """Per epoch: the official `[Epoch N] Top-1 X Time: Y` line, the epoch time, and metrics.json."""
+    """Per epoch: its time in TensorBoard, and the run's epoch record (line, history, metrics.json)
+    through its Lifecycle. The history rides in every checkpoint, so a resume keeps the epochs before it
+    (the class name is the state's key in saved checkpoints: keep it)."""
 
-    def __init__(self, record: RunRecord, history: list | None = None):
-        self.record = record
-        self.history: list[dict] = history or []
+    def __init__(self, life):
+        self.life = life
         self._epoch_start = 0.0
 
     def state_dict(self) -> dict:
-        return {"history": self.history}
+        return {"history": self.life.history}
 
     def load_state_dict(self, state: dict) -> None:
-        self.history = state.get("history", [])
+        self.life.history = state.get("history", [])
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = time.perf_counter()
@@ -61,17 +60,10 @@ class RunRecorder(pl.Callback):
             return
         m = trainer.callback_metrics
         acc1 = _scalar(m, "val/acc1")
-        if acc1 is None:
-            return
-        epoch = trainer.current_epoch + 1
-        self.history.append(
-            {"epoch": epoch, "val_acc1": acc1, "val_loss": _scalar(m, "val/loss"), "step": trainer.global_step}
-        )
-        best = max(h["val_acc1"] for h in self.history)
-        elapsed = time.perf_counter() - self._epoch_start
-        if trainer.is_global_zero:
-            print(f"[Epoch {epoch}] Top-1 {acc1:.2f} Time: {elapsed:.2f}s", flush=True)
-            self.record.update(epochs=epoch, best_acc1=best, final_acc1=acc1, history=self.history)
+        if acc1 is not None:
+            seconds = time.perf_counter() - self._epoch_start
+            epoch, loss = trainer.current_epoch + 1, _scalar(m, "val/loss")
+            self.life.epoch_end(epoch, trainer.global_step, acc1, loss, seconds, write=trainer.is_global_zero)
 
 
 class StopRequested(Exception):

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
-import traceback
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -28,192 +25,82 @@ from attnexp.build.objects import (
     load_weights,
     make_logger,
     make_trainer,
-    on_gpu,
     read_checkpoint,
     seed_and_threads,
-    weights_source,
 )
 from attnexp.train.callbacks import GracefulStop, RunRecorder, StopRequested
+from attnexp.train.lifecycle import (
+    Lifecycle,
+    RunFailed,
+    failure_message,
+    inference_timing,
+    trainable_parameters,
+)
 from attnexp.train.module import ClassifierModule, NonFiniteLoss
-from attnexp.train.rundir import RunRecord, provenance
+from attnexp.train.rundir import RunRecord
 
 
-class RunFailed(Exception):
-    """The job ended without finishing; `status` is what metrics.json now says."""
-
-    def __init__(self, status: str, message: str, exit_code: int = 1):
-        self.status, self.exit_code = status, exit_code
-        super().__init__(message)
-
-
-def trainable_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def device_name(on_gpu: bool) -> str:
-    if on_gpu:
-        return torch.cuda.get_device_name(0)
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def numerics(trainer: pl.Trainer) -> dict:
-    """What decides the arithmetic of a run (recorded: recipes compare only like with like)."""
-    return {
-        "precision": str(trainer.precision),
-        "matmul_precision": torch.get_float32_matmul_precision(),
-        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-    }
-
-
-def _hydra_job():
-    """Hydra's config of the job this runs in; None when attnexp.train.modes.train is called directly."""
+def hydra_job() -> DictConfig | None:
+    """Hydra's config of the job this runs in; None when a mode is called directly (tests, tools)."""
     from hydra.core.hydra_config import HydraConfig
 
     return HydraConfig.get() if HydraConfig.initialized() else None
 
 
-def _choices() -> dict:
-    job = _hydra_job()
-    return {k: v for k, v in job.runtime.choices.items() if not k.startswith("hydra")} if job else {}
-
-
-def _task_overrides() -> list[str]:
-    job = _hydra_job()
-    return list(job.overrides.task) if job else []
-
-
-def run_hparams(choices: dict, overrides: list[str], swept: list[str]) -> dict:
-    """What tells this run apart, for TensorBoard's HParams table: first what its sweep varies,
-    then the rest the command set (group choices and knobs, as typed), then the other group
-    choices; no bookkeeping keys (data.root, threads, the seed...), no _target_ / _partial_."""
-    from attnexp.config.compose import is_bookkeeping
-
-    def column(key: str) -> str:
-        return key if "." in key else f"choice/{key}"
-
-    given = dict(o.lstrip("+~").partition("=")[::2] for o in overrides)
-    hparams = {column(k): given[k] for k in swept if k in given and not is_bookkeeping(k)}
-    for key, value in given.items():
-        if not is_bookkeeping(key):
-            hparams.setdefault(column(key), value)
-    for group, choice in choices.items():
-        if not is_bookkeeping(group):
-            hparams.setdefault(f"choice/{group}", str(choice))
-    return hparams
-
-
 # ---------------------------------------------------------------- modes
 
 
-def train(cfg: DictConfig, record: RunRecord | None = None) -> dict:
+def train(cfg: DictConfig) -> dict:
     """Fit, then score the best checkpoint on the test split; the metrics dict (metrics.json)."""
     from pytorch_lightning.callbacks import LearningRateMonitor
 
     run_dir = cfg.paths.output_dir
-    record = record or RunRecord(run_dir)
     seed_and_threads(cfg)
-    started = time.perf_counter()
-    resumed = record.read() if cfg.ckpt_path else {}
     datamodule = build_data(cfg)
     model = build_model(cfg)
-    params = trainable_parameters(model)
-    gpu = on_gpu(cfg)
-    run_config = OmegaConf.to_container(cfg, resolve=True)
-    module = build_module(cfg, model, run_config)
-    choices = _choices()
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    recorder = RunRecorder(record, history=resumed.get("history"))
-    stopper = GracefulStop(str(ckpt_dir / "last.ckpt"))
-    checkpoint, last = best_and_last(ckpt_dir)
+    # enums as their strings: a resume's torch.load (weights_only) refuses any other class
+    module = build_module(cfg, model, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     logger = make_logger(cfg)
+    life = Lifecycle(cfg, logger, hydra_job(), resuming=bool(cfg.ckpt_path))
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    checkpoint, last = best_and_last(ckpt_dir)
     rates = [LearningRateMonitor(logging_interval="epoch")] if logger else []
-    trainer = make_trainer(cfg, [recorder, stopper, checkpoint, last, *rates], logger, run_dir)
-
-    record.update(
-        status="running",
-        run_dir=str(run_dir),
-        params=params,
-        choices=choices or resumed.get("choices", {}),
-        device=device_name(gpu),
-        threads=torch.get_num_threads(),  # on the CPU a result depends on it (README)
-        recipe=cfg.recipe.name,
-        numerics=numerics(trainer),
-        weights=weights_source(cfg, model),  # what the run started from (null: random initialisation)
-        **provenance(run_dir),
-    )
-
-    fit_history: list = []
-
-    def finish(status: str, **fields) -> dict:
-        wall = resumed.get("wall_time_s", 0.0) + time.perf_counter() - started
-        history = list(fit_history or recorder.history)
-        best = max((h["val_acc1"] for h in history), default=None)
-        final = history[-1]["val_acc1"] if history else None
-        if trainer.is_global_zero and best is not None and logger:
-            logger.log_hyperparams(
-                run_hparams(choices or resumed.get("choices", {}), _task_overrides(), list(cfg.sweep.swept))
-                | {"params": params, "threads": torch.get_num_threads(), "precision": str(trainer.precision)},
-                {"hp/best_acc1": best, "hp/final_acc1": final},
-            )
-            logger.finalize(status)
-        return record.update(
-            status=status,
-            best_acc1=best,
-            final_acc1=final,
-            epochs=len(history) and history[-1]["epoch"],
-            wall_time_s=round(wall, 2),
-            **fields,
-        )
-
+    stopper = GracefulStop(str(ckpt_dir / "last.ckpt"))
+    trainer = make_trainer(cfg, [RunRecorder(life), stopper, checkpoint, last, *rates], logger, run_dir)
+    life.start(model, trainer)
+    zero = trainer.is_global_zero
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     except NonFiniteLoss as e:
-        finish("diverged", reason=str(e), diverged_step=e.step)
+        life.finish("diverged", zero, reason=str(e), diverged_step=e.step)
         kept = sorted(p.name for p in ckpt_dir.glob("*.ckpt"))
-        where = (
-            f"last good checkpoints kept: {', '.join(kept)} in {ckpt_dir}"
-            if kept
-            else "no checkpoint had been saved yet"
-        )
+        where = f"last good checkpoints kept: {', '.join(kept)} in {ckpt_dir}" if kept else "no checkpoint yet"
         raise RunFailed("diverged", f"{e}: stopped; {where}") from None
     except StopRequested as e:
         resume = f"ckpt_path={ckpt_dir / 'last.ckpt'}"
-        finish("interrupted", reason=f"signal {e.signum}", resume_with=resume)
+        life.finish("interrupted", zero, reason=f"signal {e.signum}", resume_with=resume)
         raise RunFailed(
             "interrupted", f"interrupted at step {trainer.global_step}; resume with {resume}", 128 + e.signum
         ) from None
     except KeyboardInterrupt:
-        finish("interrupted", reason="interrupted twice: stopped without a new checkpoint")
+        life.finish("interrupted", zero, reason="interrupted twice: stopped without a new checkpoint")
         raise RunFailed("interrupted", "interrupted", exit_code=130) from None
 
-    fit_history = list(recorder.history)  # testing the best checkpoint must not rewind it
-    test_metrics = {}
+    history, test_acc1, timing = life.history, None, {}
     if checkpoint.best_model_path:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint.best_model_path, verbose=False)
-        if results:
-            test_metrics = {"test_acc1_at_best_val": results[0].get("test/acc1")}
-        test_metrics.update(time_inference(module.model, datamodule, module.device))
-    metrics = finish("done", reason=None, resume_with=None, **test_metrics)
-    if trainer.is_global_zero:
+        life.history = history  # loading the best checkpoint restored its (shorter) history: keep the fit's
+        test_acc1 = results[0].get("test/acc1") if results else None
+        timing = inference_timing(cfg, lambda: module.model, datamodule, module.device)
+    metrics = life.done(test_acc1, zero, **timing)
+    if zero:
         print(f"best top-1: {metrics['best_acc1']:.2f}, final top-1: {metrics['final_acc1']:.2f}")
         print(f"run directory: {run_dir}\nTensorBoard:   tensorboard --logdir {run_dir}")
     return metrics
 
 
-def time_inference(model: torch.nn.Module, datamodule, device: torch.device) -> dict:
-    """ms per evaluation batch (seed 003's "average inference time"), on the device that trained."""
-    from attnexp.train.timing import inference_ms
-
-    images, _ = datamodule.test_dataloader().batch(0, 0)
-    ms = inference_ms(model, images.to(device))
-    return {"inference_ms_per_batch": round(ms, 3), "inference_batch_size": int(images.shape[0])}
-
-
-def evaluate(cfg: DictConfig, record: RunRecord | None = None) -> dict:
+def evaluate(cfg: DictConfig) -> dict:
     """Score ckpt_path on the test split, rebuilding the model from the checkpoint's own config."""
-    record = record or RunRecord(cfg.paths.output_dir)
     seed_and_threads(cfg)
     ckpt = read_checkpoint(cfg.ckpt_path, "ckpt_path")
     saved = ckpt.get("attnexp_config")
@@ -228,12 +115,12 @@ def evaluate(cfg: DictConfig, record: RunRecord | None = None) -> dict:
     results = trainer.test(module, datamodule=build_data(cfg), verbose=False)[0]
     metrics = {k.replace("/", "_"): float(v) for k, v in results.items()}
     print(f"test top-1: {metrics['test_acc1']:.2f}, top-5: {metrics['test_acc5']:.2f}")
-    return record.update(
+    return RunRecord(cfg.paths.output_dir).update(
         status="done", mode="eval", ckpt_path=cfg.ckpt_path, params=trainable_parameters(model), **metrics
     )
 
 
-def summary(cfg: DictConfig, record: RunRecord | None = None) -> dict:
+def summary(cfg: DictConfig) -> dict:
     """Parameters, GFLOPs per image and tokens, without data or training (summary.json)."""
     run_dir = cfg.paths.output_dir
     from torch.utils.flop_counter import FlopCounterMode
@@ -241,6 +128,8 @@ def summary(cfg: DictConfig, record: RunRecord | None = None) -> dict:
     from attnexp.layers.attention import Attention
     from attnexp.layers.block import TransformerBlock
 
+    job = hydra_job()
+    choices = dict(job.runtime.choices) if job else {}
     model = build_model(cfg).eval()
     for m in model.modules():  # the FLOP counter cannot see inside CPU fused attention kernels
         if isinstance(m, Attention) and m.reattn is None:
@@ -254,9 +143,9 @@ def summary(cfg: DictConfig, record: RunRecord | None = None) -> dict:
     if hook is not None:
         hook.remove()
     info = {
-        "model": _choices().get("model") or cfg.model.get("official_name"),
+        "model": choices.get("model") or cfg.model.get("official_name"),
         "official_name": cfg.model.get("official_name"),
-        "attention": _choices().get("attention"),
+        "attention": choices.get("attention"),
         "params": trainable_parameters(model),
         "gflops_per_image": counter.get_total_flops() / 1e9,
         "tokens": tokens[0] if tokens else None,
@@ -275,22 +164,15 @@ MODES = {"train": train, "eval": evaluate, "summary": summary}
 
 
 def run_mode(cfg: DictConfig) -> dict:
-    """The job of `cfg.mode` in `paths.output_dir`. Every way it can end is recorded in metrics.json
-    by one RunRecord: a failure as `failed` with its one-line reason (traceback in error.txt)."""
-    from attnexp.build.objects import CheckpointError
-    from attnexp.errors import StartupError
-
+    """The job of `cfg.mode` in `paths.output_dir`. Every way it can end is recorded in metrics.json:
+    a failure as `failed` with its one-line reason (traceback in error.txt)."""
     run_dir = cfg.paths.output_dir
     os.makedirs(run_dir, exist_ok=True)
-    record = RunRecord(run_dir)
     try:
-        return MODES[cfg.mode](cfg, record)
+        return MODES[cfg.mode](cfg)
     except RunFailed:
         raise
-    except (CheckpointError, StartupError, ValueError) as e:
-        message = str(e).splitlines()[0]
     except Exception as e:
-        (Path(run_dir) / "error.txt").write_text(traceback.format_exc())
-        message = f"{type(e).__name__}: {e}".splitlines()[0] + f" (traceback in {run_dir}/error.txt)"
-    record.update(status="failed", reason=message)
+        message = failure_message(e, run_dir)
+    RunRecord(run_dir).update(status="failed", reason=message)
     raise RunFailed("failed", message)
