@@ -18,8 +18,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from attnexp.config.blame import blamed
 from attnexp.build.objects import build_alpha, build_backbone, build_data, example_input, make_trainer
+from attnexp.config.blame import blamed
 from attnexp.data.files import DataMissingError
 from attnexp.errors import ConfigError
 from attnexp.layers.contract import AttentionLayer
@@ -56,8 +56,6 @@ def check_alpha(model: nn.Module, schedule) -> None:
                 f"{type(m).__name__} ({map_group(model, m)}) needs α in [{lo:g}, {hi:g}], this schedule spans "
                 f"[{low:g}, {high:g}] (or alpha.allow_extrapolation=true)",
             )
-
-
 
 
 def meta_forward(cfg: DictConfig, model: nn.Module) -> None:

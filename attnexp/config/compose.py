@@ -1,9 +1,9 @@
 """Composition: overrides → the config a job runs with, torch-free.
 
-Types, unknown keys and unknown choices fail here, in ~0.3 s: the schemas
-(attnexp/config/schema.py) ride along in every yaml, and Hydra's exceptions
-carry the key, the value and the expected type as fields, which become one
-`ConfigError`.
+Types, unknown keys, unknown choices and values outside a fixed set fail here, in ~0.3 s: the
+schemas (attnexp/config/schema.py, generated; attnexp/config/nodes.py) ride along in every yaml,
+and Hydra's exceptions carry the key, the value and the expected type as fields, which become
+one `ConfigError`.
 """
 
 from __future__ import annotations
@@ -11,14 +11,16 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import typing
 from contextlib import contextmanager
+from enum import Enum
 from importlib.resources import files
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-import attnexp.config.schema  # noqa: F401  (registers the schemas the yamls name)
+import attnexp.config.nodes  # noqa: F401  (registers the schemas the yamls name, nodes and generated ones)
 from attnexp.errors import ConfigError
 
 CONFIG_MODULE = "attnexp.conf"
@@ -31,7 +33,7 @@ BOOKKEEPING_KEYS = (
     "paths.data_dir", "paths.output_dir", "compute.num_threads", "trainer.enable_progress_bar", "sweep.resume", "sweep.dry_run", "sweep.swept",
     "sweep.pack", "sweep.members",
 )  # fmt: skip
-BOOKKEEPING_PREFIXES = ("hydra.", "hydra/", "sweep.", "paths.")
+BOOKKEEPING_PREFIXES = ("hydra.", "hydra/", "sweep.", "paths.", "timing.")
 
 
 def is_bookkeeping(key: str) -> bool:
@@ -83,11 +85,14 @@ def groups() -> list[str]:
 
 
 def _expected(schema: Any, key: Any) -> str:
-    fields = {f.name: str(f.type) for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
-    text = fields.get(str(key), "")
-    optional = text.startswith("Optional[")
-    inner = text[9:-1] if optional else text
-    name = TYPE_NAMES.get(inner, "a list" if inner.startswith("List") else inner or "another type")
+    kind = typing.get_type_hints(schema).get(str(key)) if dataclasses.is_dataclass(schema) else None
+    kinds = [k for k in typing.get_args(kind) if k is not type(None)]
+    optional = typing.get_origin(kind) is typing.Union and len(kinds) == 1
+    inner = kinds[0] if optional else kind
+    if isinstance(inner, type) and issubclass(inner, Enum):
+        return f"one of {', '.join(m.value for m in inner)}" + (" (or null)" if optional else "")
+    origin = typing.get_origin(inner)
+    name = "a list" if origin is list else TYPE_NAMES.get(getattr(inner, "__name__", ""), "another type")
     return f"expected {name}" + (" or null" if optional else "")
 
 

@@ -1,14 +1,15 @@
 """The rules no single constructor can check (torch-free).
 
-Types and unknown keys are the schemas' job (Hydra, while composing); a value of
-one object is its constructor's (attnexp.build.preflight builds every object). What is
-left here ties two objects, or the job, together:
+Types, unknown keys and the fixed sets (mode, sweep.pack, trainer.accelerator) are the
+schemas' job (Hydra, while composing); a value of one object is its constructor's
+(attnexp.build.preflight builds every object). What is left here ties two objects, or the
+job, together:
 - required keys: `???` values and the keys a preset lists under `required`;
 - the job: `mode=eval` needs a checkpoint, and the files the job names exist;
 - groups that only some models read: a SeqPool choice on a model without
   SeqPool, an attention choice on a model without attention, would otherwise be
   silently ignored;
-- the trainer's accelerator, which attnexp resolves before Lightning sees it, and epoch counts ≥ 1.
+- the trainer's epoch and step counts ≥ 1 (attnexp counts with them; Lightning would take null).
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from attnexp.errors import ConfigError
-
-MODES = ("train", "eval", "summary")
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 
 Rule = Callable[[DictConfig, dict], None]
 RULES: list[Rule] = []
@@ -85,7 +83,6 @@ def _required(cfg, choices):
 
 @rule
 def _job(cfg, choices):
-    _need(cfg.mode in MODES, "mode", cfg.mode, f"one of {', '.join(MODES)}")
     if cfg.mode == "eval":
         _need(cfg.get("ckpt_path") is not None, "ckpt_path", None, "mode=eval needs ckpt_path=PATH")
     for key in ("ckpt_path", "model.pretrained"):
@@ -98,10 +95,8 @@ def _trainer(cfg, choices):
     t = cfg.get("trainer")
     if not isinstance(t, DictConfig):
         return
-    # attnexp resolves the accelerator itself (the GPU when present); Lightning checks the rest
-    _need(t.accelerator in ACCELERATORS, "trainer.accelerator", t.accelerator, f"one of {', '.join(ACCELERATORS)}")
     for key in ("max_epochs", "check_val_every_n_epoch", "log_every_n_steps"):
-        _need(t[key] >= 1, f"trainer.{key}", t[key], "must be ≥ 1")
+        _need(t[key] is not None and t[key] >= 1, f"trainer.{key}", t[key], "must be ≥ 1")
 
 
 @rule

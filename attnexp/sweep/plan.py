@@ -16,8 +16,6 @@ from attnexp.errors import ConfigError, StartupError
 from attnexp.sweep.manifest import read_manifest
 from attnexp.train.rundir import claim_dir, read_metrics
 
-PACKABLE = ("seed", "alpha")  # sweep.pack: what a pack's members may differ in
-
 # ---------------------------------------------------------------- overrides
 
 
@@ -117,14 +115,13 @@ def plan(overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str], str, D
 
 
 def packs(master: DictConfig, jobs: list) -> list[list[int]] | None:
-    """sweep.pack: which jobs train together (each pack checked: attnexp.pack.run.refusal)."""
+    """sweep.pack (seed | alpha, refused otherwise while composing): which jobs train together (each
+    pack checked: attnexp.pack.run.refusal)."""
     from attnexp.pack.run import refusal  # torch: only once every job passed its checks
 
     pack = master.sweep.pack
     if not pack:
         return None
-    if pack not in PACKABLE:
-        raise ConfigError("sweep.pack", pack, f"one of {', '.join(PACKABLE)} (or null)")
     grouped = group([o for o, _, _ in jobs], pack)
     for members in grouped:
         _, _, cfg = jobs[members[0]]
