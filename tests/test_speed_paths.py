@@ -390,18 +390,31 @@ def test_bench_flop_counts_match_the_formula():
     assert cct_forward_gflops(256, 7, 4, 2.0, [256]) == pytest.approx(2.36, abs=0.01)  # the "about 2.4"
 
 
-def test_bench_writes_its_report(tmp_path):
+def test_bench_writes_its_report(tmp_path, monkeypatch):
+    from test_estimate import FactorySpy
+
     from attnexp.tools.bench import run
 
+    spy = FactorySpy(monkeypatch)
     out = tmp_path / "bench.json"
     report = run([
-        "--models", "cct2", "--attention", "softmax", "--variants", "eager,fast", "--batch-size", "4",
+        "--models", "cct2", "--attention", "softmax", "--variants", "eager,fast,bf16", "--batch-size", "4",
         "--repeats", "1", "--path-steps", "2", "--data-batches", "1", "--reference-batches", "1",
         "--compile", "none", "--out", str(out),
     ])  # fmt: skip
     saved = json.loads(out.read_text())
     entry = saved["models"]["cct2/softmax"]
-    assert set(entry["steps"]) == {"eager", "fast"}
+    assert set(entry["steps"]) == {"eager", "fast", "bf16"}
+    # each variant's module, then the training path's: built by build_module with the variant's knobs set
+    # in its config, stepped by its own training_step inside make_trainer's Trainer, at its precision
+    cfgs, modules = zip(*((args[0], module) for args, module in spy.built["build_module"]))
+    assert [c.attention.impl for c in cfgs[:3]] == ["explicit", "sdpa", "sdpa"] and cfgs[0].optimizer.fused is False
+    assert [str(c.trainer.precision) for c in cfgs] == ["32-true", "32-true", "bf16-mixed", "32-true"]
+    assert all(spy.in_factory_trainers(m) for m in modules)
+    assert [{s["bf16"] for s in spy.steps_of(m)} for m in modules] == [{False}, {False}, {True}, {False}]
+    a = saved["args"]  # steps: warm-up, then per repeat a fresh fit's first step and the timed ones
+    assert [len(spy.steps_of(m)) for m in modules[:3]] == [a["warmup"] + a["repeats"] * (1 + a["steps"])] * 3
+    assert len(spy.steps_of(modules[3])) == 2 * a["repeats"] * (a["warmup"] + a["path_steps"])  # + the bare loop
     assert entry["steps"]["eager"]["speedup"] == pytest.approx(1.0)
     for r in entry["steps"].values():
         assert r["img_per_s"] > 0 and r["tflops"] == pytest.approx(

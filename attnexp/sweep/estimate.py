@@ -1,12 +1,16 @@
 """The dry run: every job, its folder and an estimated time, from a few timed training steps of
-its own model on this machine (and each pack's, from a timed packed step). Runs and writes nothing."""
+its own module on this machine, built and fitted as its run does (and each pack's, from timed
+packed steps). Runs and writes nothing. attnexp-bench times its steps here too."""
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 import time
+import warnings
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from attnexp.sweep.manifest import Job
 
@@ -32,64 +36,93 @@ def _images(cfg: DictConfig, train: bool) -> int:
 
 
 def measure(cfg: DictConfig, pack: int = 1, probe_batch: int | None = None) -> dict:
-    """Parameters, forward GFLOPs per image, and seconds per training image from a few timed train
-    steps (after a warm-up step) on this machine: PROBE_BATCH images on a CPU, the full batch on a GPU.
-    pack=K: one packed step of K members (s_per_image is then per image of every member: the pack's
-    step time over one member's batch)."""
+    """Parameters, forward GFLOPs per image, and seconds per training image: the median of
+    TIMED_STEPS training steps (after a warm-up step) of the module the run trains, built by the
+    run's factories (fused AdamW, channels-last; not compiled) and fitted by the run's Trainer (its
+    precision): PROBE_BATCH images on a CPU, the full batch on a GPU. pack=K: the PackedModule of K
+    members (s_per_image is then per image of every member: the pack's step time over one member's batch)."""
     import torch
-    from hydra.utils import instantiate
     from torch.utils.flop_counter import FlopCounterMode
 
-    from attnexp.build.objects import build_model
-    from attnexp.build.preflight import example_input
+    from attnexp.build import objects  # through the module: a test's spy on a factory sees the call
 
-    if cfg.compute.num_threads:
-        torch.set_num_threads(cfg.compute.num_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
-    torch.manual_seed(0)
-    model = build_model(cfg).to(device)
-    model.eval()
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.compute.compile = False  # compiling takes minutes on a CPU, a dry run seconds: timed eager
+    objects.seed_and_threads(cfg)
+    model = objects.build_model(cfg).eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(example_input(cfg, model, 1, device))  # one image, or one text's word ids
-    batch = probe_batch or (cfg.data.batch_size if device.type == "cuda" else min(cfg.data.batch_size, PROBE_BATCH))
-    x = example_input(cfg, model, batch, device)
-    x = torch.stack([x] * pack) if pack > 1 else x
-    y = torch.randint(0, cfg.data.num_classes, x.shape[: 2 if pack > 1 else 1], device=device)
-    if pack > 1:  # K members, each its own data: one vectorised step (attnexp.pack.module)
-        from attnexp.pack.module import PackedModule
-
-        models = [model.train()] + [build_model(cfg).to(device).train() for _ in range(pack - 1)]
-        packed = PackedModule(models, seeds=list(range(pack)), optimizer=instantiate(cfg.optimizer)).to(device)
-        optimizer = instantiate(cfg.optimizer)(packed.stacked.values())
-
-        def loss() -> torch.Tensor:
-            masks = packed.member_masks(tuple(x.shape[1:]), 0)
-            return packed._losses(packed.forward_members(x, False, masks), y, 0.0)[0].sum()
-    else:
-        optimizer = instantiate(cfg.optimizer)(model.parameters())
-
-        def loss() -> torch.Tensor:
-            return torch.nn.functional.cross_entropy(model(x), y)
-
+        model(objects.example_input(cfg, model, 1))  # one image, or one text's word ids
     model.train()
-
-    def step() -> float:
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss().backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    step()  # warm-up: allocator, kernel selection
-    timed = sorted(step() for _ in range(TIMED_STEPS))
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if pack > 1:  # K members, each its own data: one vectorised step (attnexp.pack.module)
+        models = [model] + [objects.build_model(cfg) for _ in range(pack - 1)]
+        module = objects.build_pack([cfg] * pack, models)
+    else:
+        module = objects.build_module(cfg, model)
+    gpu = objects.on_gpu(cfg)
+    batch = probe_batch or (cfg.data.batch_size if gpu else min(cfg.data.batch_size, PROBE_BATCH))
+    timed = sorted(step_seconds(cfg, module, example_batch(cfg, model, batch, pack), TIMED_STEPS))
     return {
-        "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "params": params,
         "gflops_per_image": counter.get_total_flops() / 1e9,
         "s_per_image": timed[len(timed) // 2] / batch,  # the median: one busy moment must not decide
-        "device": device.type,
+        "device": "cuda" if gpu else "cpu",
     }
+
+
+def example_batch(cfg: DictConfig, model, batch: int, pack: int = 1) -> tuple:
+    """Random (inputs, labels) of `batch` items on the run's device; a pack's: (K, batch, ...) per member."""
+    import torch
+
+    from attnexp.build import objects
+
+    device = "cuda" if objects.on_gpu(cfg) else "cpu"
+    x = objects.example_input(cfg, model, batch, device)
+    x = torch.stack([x] * pack) if pack > 1 else x
+    return x, torch.randint(0, cfg.data.num_classes, x.shape[: 2 if pack > 1 else 1], device=device)
+
+
+def step_seconds(cfg: DictConfig, module, batch: tuple, steps: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of `steps` training steps after `warmup` ones: the run's Trainer (make_trainer:
+    accelerator, precision) fits `module` on `batch` over and over; no validation, logger or checkpoint."""
+    from attnexp.build import objects
+
+    cfg = copy.deepcopy(cfg)  # the job's own limits and callbacks stay as they are
+    with open_dict(cfg):
+        cfg.callbacks = {}  # e.g. a learning-rate monitor wants a logger
+        cfg.trainer.update(
+            max_epochs=1, limit_train_batches=warmup + steps, limit_val_batches=0, num_sanity_val_steps=0,
+            devices=1, strategy="auto", enable_progress_bar=False, enable_model_summary=False,
+        )  # fmt: skip
+    clock = step_clock(warmup)
+    trainer = objects.make_trainer(cfg, [clock], logger=False, checkpointing=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*no `val_dataloader`.*")  # none, on purpose
+        trainer.fit(module, train_dataloaders=itertools.repeat(batch, warmup + steps))  # a list: many loaders
+    return clock.durations()
+
+
+def step_clock(warmup: int):
+    """A Lightning callback: the end of every training step from the last warm-up step on, the device
+    drained first; `durations()`: the seconds of each step after the warm-up."""
+    import pytorch_lightning as pl
+    import torch
+
+    class StepClock(pl.Callback):
+        def __init__(self):
+            self.marks: list[float] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+            if batch_idx >= warmup - 1:
+                if pl_module.device.type == "cuda":
+                    torch.cuda.synchronize(pl_module.device)
+                self.marks.append(time.perf_counter())
+
+        def durations(self) -> list[float]:
+            return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+    return StepClock()
 
 
 def job_seconds(measured: dict, cfg: DictConfig) -> float:

@@ -1,10 +1,11 @@
 """`attnexp-bench`: how fast a training step, the whole training path and the data pipeline run here.
 
 For every model × attention choice, on whatever device is present:
-  step   train-step throughput (forward, backward, AdamW) of each build variant (VARIANTS),
-         against the straightforward eager build;
+  step   train-step throughput (forward, backward, AdamW) of each build variant (VARIANTS: config
+         overrides; each module built by the run's factories and fitted by the run's Trainer, as
+         the dry run's estimate does), against the eager build;
   path   the attnexp training path (Lightning module, TensorLoader, logger, recorder) against a
-         bare PyTorch loop over the same module, batches and optimizer: the framework overhead;
+         bare PyTorch loop over the same module, batches, optimizer and precision: the framework overhead;
   data   augmented batches from the TensorLoader alone (the official CIFAR-10 recipe: AutoAugment,
          crop, flip), batched and through torchvision per image, against the model's consumption;
          and on the CPU the batched AutoAugment alone: the official CCT script's own policy
@@ -40,21 +41,28 @@ PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), 
 
 @dataclass(frozen=True)
 class Variant:
-    impl: str  # attention.impl
-    fast: bool = False  # the training path's switches: channels-last tokenizer, fused AdamW on a GPU
-    compile: bool = False  # torch.compile of the backbone (attnexp.build.objects.maybe_compile)
-    bf16: bool = False  # bf16 autocast on the CPU too (GPUs run every variant under bf16 autocast)
+    # config overrides: a variant switches the run's knobs, the run's factories build it (the
+    # channels-last tokenizer has no knob: every variant has it)
+    overrides: tuple[str, ...]
     about: str = ""
+
+    @property
+    def compile(self) -> bool:
+        return "compute.compile=true" in self.overrides
+
+    @property
+    def bf16(self) -> bool:  # on the CPU too (a GPU trains every variant under bf16 autocast)
+        return "trainer.precision=bf16-mixed" in self.overrides
 
 
 VARIANTS = {
-    "eager": Variant("explicit", about="straightforward eager build: explicit attention, NCHW, default AdamW"),
-    "sdpa": Variant("sdpa", about="fused scaled_dot_product_attention"),
-    "fast": Variant(
-        "sdpa", fast=True, about="what `attnexp` trains with: sdpa + channels-last tokenizer (+ fused AdamW on a GPU)"
+    "eager": Variant(("attention.impl=explicit", "optimizer.fused=false"), "explicit attention, unfused AdamW"),
+    "sdpa": Variant(("attention.impl=sdpa", "optimizer.fused=false"), "fused scaled_dot_product_attention"),
+    "fast": Variant(("attention.impl=sdpa",), "what `attnexp` trains with: sdpa (+ fused AdamW on a GPU)"),
+    "compiled": Variant(("attention.impl=sdpa", "compute.compile=true"), "fast + torch.compile"),
+    "bf16": Variant(
+        ("attention.impl=sdpa", "trainer.precision=bf16-mixed"), "fast + bf16 autocast (a CPU option; changes numerics)"
     ),
-    "compiled": Variant("sdpa", fast=True, compile=True, about="fast + torch.compile"),
-    "bf16": Variant("sdpa", fast=True, bf16=True, about="fast + bf16 autocast (a CPU option; changes numerics)"),
 }
 BASELINE = "eager"
 
@@ -120,66 +128,38 @@ def compose(model: str, attention: str, *extra: str):
 # ------------------------------------------------------------------ step: one model, several builds
 
 
-class StepRunner:
-    """One variant's model, optimizer and a fixed batch; `step()` is forward, backward, AdamW."""
-
-    def __init__(self, model_name: str, attention: str, variant: Variant, batch: int, device, data_overrides):
-        import torch
-        import torch.nn.functional as F
-        from hydra.utils import instantiate
-
-        from attnexp.build.objects import build_model, channels_last_tokenizer, maybe_compile
-
-        cfg = compose(model_name, attention, f"attention.impl={variant.impl}", *data_overrides)
-        torch.manual_seed(0)
-        model = build_model(cfg).to(device).train()
-        if variant.fast:
-            channels_last_tokenizer(model)
-        self.model = maybe_compile(model, variant.compile)
-        fused = True if variant.fast and device.type == "cuda" else None  # fused AdamW gains nothing on a CPU
-        self.optimizer = instantiate(cfg.optimizer, fused=fused)(self.model.parameters())
-        g = torch.Generator().manual_seed(0)
-        size, channels = cfg.data.image_size, cfg.data.in_channels
-        self.images = torch.randn(batch, channels, size, size, generator=g).to(device)
-        self.labels = torch.randint(0, cfg.data.num_classes, (batch,), generator=g).to(device)
-        self.autocast = dict(
-            device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or variant.bf16
-        )
-        self.smoothing = cfg.label_smoothing
-        self._F = F
-
-    def step(self) -> None:
-        import torch
-
-        with torch.autocast(**self.autocast):
-            logits = self.model(self.images)
-        loss = self._F.cross_entropy(logits.float(), self.labels, label_smoothing=self.smoothing)
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+def trainer_preset(device) -> str:
+    return "trainer=gpu" if device.type == "cuda" else "trainer=cpu"
 
 
 def bench_steps(model_name, attention, variants, args, device, data_overrides) -> dict:
-    runners, results = {}, {}
+    from attnexp.build import objects  # through the module: a test's spy on a factory sees the call
+    from attnexp.sweep.estimate import example_batch, step_seconds
+
+    built, results = {}, {}
     for name in variants:
         start = time.perf_counter()
         try:
-            runner = StepRunner(model_name, attention, VARIANTS[name], args.batch_size, device, data_overrides)
-            timed(runner.step, args.warmup, device)  # compiles, autotunes, fills caches
+            cfg = compose(model_name, attention, *data_overrides, trainer_preset(device), *VARIANTS[name].overrides)
+            objects.seed_and_threads(cfg)
+            model = objects.build_model(cfg)
+            module = objects.build_module(cfg, model)
+            batch = example_batch(cfg, model, args.batch_size)
+            step_seconds(cfg, module, batch, steps=0, warmup=args.warmup)  # compiles, autotunes, fills caches
         except Exception as e:  # a variant that cannot run here is reported, not fatal
             results[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
             continue
-        runners[name] = runner
+        built[name] = (cfg, module, batch)
         results[name] = {"warmup_s": round(time.perf_counter() - start, 2), "times": []}
     for _ in range(args.repeats):  # round-robin: a busy machine slows every variant alike
-        for name, runner in runners.items():
-            results[name]["times"].append(timed(runner.step, args.steps, device) / args.steps)
-    for name in runners:
+        for name, (cfg, module, batch) in built.items():  # one step more: a fresh fit's first one is warm-up
+            results[name]["times"].append(statistics.mean(step_seconds(cfg, module, batch, args.steps)))
+    for name in built:
         times = results[name].pop("times")
         results[name]["img_per_s"] = args.batch_size / statistics.median(times)
         results[name]["spread_ms"] = [round(1e3 * min(times), 2), round(1e3 * max(times), 2)]
     base = results.get(BASELINE, {}).get("img_per_s")
-    for name in runners:
+    for name in built:
         if base:
             results[name]["speedup"] = results[name]["img_per_s"] / base
     return results
@@ -194,15 +174,14 @@ def bench_path(model_name, attention, args, device, data_overrides) -> dict:
     Both are timed from the end of the warm-up steps to the end of the last step, so
     each timed interval holds one batch fetch (with augmentation) and one step.
     """
-    import torch
     from omegaconf import open_dict
 
-    from attnexp.build.objects import build_data, build_model, build_module, make_logger, make_trainer
+    from attnexp.build import objects
+    from attnexp.sweep.estimate import step_clock
     from attnexp.train.callbacks import RunRecorder
-    from attnexp.train.rundir import RunRecord
+    from attnexp.train.lifecycle import Lifecycle
 
     n = args.warmup + args.path_steps
-    trainer_preset = "gpu" if device.type == "cuda" else "cpu"
     cfg = compose(
         model_name,
         attention,
@@ -210,27 +189,27 @@ def bench_path(model_name, attention, args, device, data_overrides) -> dict:
         "data.augment=" + _hydra_dict(CIFAR10_AUGMENT),
         f"data.batch_size={args.batch_size}",
         f"data.train_size={n * args.batch_size}",
-        f"trainer={trainer_preset}",
+        trainer_preset(device),
         "trainer.max_epochs=1",
         f"trainer.limit_train_batches={n}",
         "trainer.limit_val_batches=0",
         "trainer.enable_progress_bar=false",
     )
     # the module exactly as attnexp.train.modes.train builds it
-    torch.manual_seed(0)
-    module = build_module(cfg, build_model(cfg))
-    datamodule = build_data(cfg)
+    objects.seed_and_threads(cfg)
+    datamodule = objects.build_data(cfg)
+    module = objects.build_module(cfg, objects.build_model(cfg))
     lightning, bare = [], []
     with tempfile.TemporaryDirectory() as root:
         for repeat in range(args.repeats):
             with open_dict(cfg):
                 cfg.paths.output_dir = f"{root}/{repeat}"
-            clock = step_clock(args.warmup, device)
-            recorder = RunRecorder(RunRecord(cfg.paths.output_dir))
-            trainer = make_trainer(cfg, [recorder, clock], make_logger(cfg), cfg.paths.output_dir)
+            clock, logger = step_clock(args.warmup), objects.make_logger(cfg)
+            recorder = RunRecorder(Lifecycle(cfg, logger, None, False))
+            trainer = objects.make_trainer(cfg, [recorder, clock], logger, cfg.paths.output_dir)
             trainer.fit(module, datamodule=datamodule)
-            lightning.append(clock.seconds_per_step())
-            bare.append(_bare_loop(module, datamodule, cfg, args.warmup, args.path_steps, device))
+            lightning.append(statistics.mean(clock.durations()))
+            bare.append(_bare_loop(module, datamodule, trainer.precision_plugin, args.warmup, args.path_steps, device))
     step_lightning, step_bare = statistics.median(lightning), statistics.median(bare)
     return {
         "steps": args.path_steps,
@@ -241,46 +220,18 @@ def bench_path(model_name, attention, args, device, data_overrides) -> dict:
     }
 
 
-def step_clock(warmup: int, device):
-    """A Lightning callback: seconds per step between the end of the warm-up and the end of the last step."""
-    import pytorch_lightning as pl
-
-    class StepClock(pl.Callback):
-        def __init__(self):
-            self.marks: list[float] = []
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if batch_idx >= warmup - 1:
-                sync(device)
-                self.marks.append(time.perf_counter())
-
-        def seconds_per_step(self) -> float:
-            return (self.marks[-1] - self.marks[0]) / (len(self.marks) - 1)
-
-    return StepClock()
-
-
-def _bare_loop(module, datamodule, cfg, warmup, steps, device) -> float:
-    """The same module, batches and optimizer, stepped by hand."""
-    import torch
-    import torch.nn.functional as F
-
+def _bare_loop(module, datamodule, precision, warmup, steps, device) -> float:
+    """The same module, batches, optimizer and precision (the Trainer's plugin), its own training_step,
+    stepped by hand: what the path costs without Lightning's loop and hooks."""
     loader = datamodule.train_dataloader()
-    model = module.model.to(device).train()
+    module.to(device).train()  # the Trainer's teardown may have moved it back to the CPU
     optimizer = module.configure_optimizers()  # after the move: a fused optimizer wants its tensors in place
-    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
-    amp = dict(
-        device_type=device.type,
-        dtype=torch.bfloat16,
-        enabled="bf16" in str(cfg.trainer.precision) or device.type == "cuda",
-    )
     marks = []
     for i in range(warmup + steps):
         images, labels = loader.batch(0, i)
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.autocast(**amp):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+        batch = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with precision.forward_context():
+            loss = module.training_step(batch, i)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -647,10 +598,11 @@ def bench_pack(models: list[str], sizes: list[int], device, data_overrides, args
     --batch-size images, attnexp.pack.module) against K unpacked steps; the ratio is printed, not asserted."""
     from attnexp.sweep.estimate import measure
 
-    device_overrides = ["trainer=cpu"] if device.type == "cpu" else []
     rows = []
     for model_name in models:
-        cfg = compose(model_name, "softmax", *data_overrides, *device_overrides, f"data.batch_size={args.batch_size}")
+        cfg = compose(
+            model_name, "softmax", *data_overrides, trainer_preset(device), f"data.batch_size={args.batch_size}"
+        )
         print(f"attnexp-bench: {model_name} ...", file=sys.stderr, flush=True)
         single = measure(cfg, probe_batch=args.batch_size)["s_per_image"] * args.batch_size  # K=1: unpacked
         for k in sizes:
