@@ -1,0 +1,112 @@
+"""The package reads top-down: no import circle between its modules (imports inside functions
+count), and no module reaches into another's `_private` names."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "attnexp"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, ast.Module]:
+    return {module_name(p): ast.parse(p.read_text()) for p in PACKAGE.rglob("*.py")}
+
+
+def imports(tree: ast.Module, known: set[str]) -> list[tuple[str, str | None]]:
+    """(module imported, name taken from it or None) for every import anywhere in the tree."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(a.name, None) for a in node.names if a.name in known]
+        elif isinstance(node, ast.ImportFrom) and node.module in known:
+            for a in node.names:  # `from attnexp.sweep import plan` imports the module attnexp.sweep.plan
+                sub = f"{node.module}.{a.name}"
+                found.append((sub, None) if sub in known else (node.module, a.name))
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    trees = modules()
+    return {name: {m for m, _ in imports(tree, set(trees))} - {name} for name, tree in trees.items()}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Every circle found by a depth-first walk (one per back edge)."""
+    found, state = [], {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == "open":
+                found.append(path[path.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = "done"
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def private_defs(tree: ast.AST) -> set[str]:
+    return {
+        n.name
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name.startswith("_") and not n.name.startswith("__")
+    }
+
+
+def private_reaches() -> list[str]:
+    """`from other import _name`, `other._name` on a module imported from attnexp, or `obj._name()`
+    where only another attnexp module defines `_name` (a method of one of its classes)."""
+    trees, bad = modules(), []
+    defined = {name: private_defs(tree) for name, tree in trees.items()}
+    for name, tree in trees.items():
+        elsewhere = set().union(*(d for m, d in defined.items() if m != name)) - defined[name]
+        bound = {}  # local name → attnexp module it holds
+        for module, taken in imports(tree, set(trees)):
+            if taken is None:
+                bound[module.rsplit(".", 1)[-1]] = module
+            elif taken.startswith("_") and not taken.startswith("__"):
+                bad.append(f"{name}: from {module} import {taken}")
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and bound.get(node.value.id, name) != name
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
+                bad.append(f"{name}: {node.value.id}.{node.attr}")
+            elif (  # a subclass may use its base's protected names through self
+                isinstance(node, ast.Attribute)
+                and node.attr in elsewhere
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+            ):
+                bad.append(f"{name}: .{node.attr} (defined in another module)")
+    return bad
+
+
+def test_no_import_circle():
+    edges = graph()
+    assert len(edges) > 40 and "attnexp.train.modes" in edges["attnexp.sweep.launch"]  # the walk sees lazy imports
+    assert cycles(edges) == []
+
+
+def test_no_module_reaches_into_anothers_private_names():
+    assert private_reaches() == []
+
+
+def test_the_checks_find_what_they_look_for():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    tree = ast.parse("from attnexp.train.module import _hidden\nfrom attnexp.sweep import plan\nplan._x()\n")
+    known = {"attnexp.train.module", "attnexp.sweep", "attnexp.sweep.plan"}
+    assert imports(tree, known) == [("attnexp.train.module", "_hidden"), ("attnexp.sweep.plan", None)]
+    assert private_defs(ast.parse("class A:\n    def _losses(self): ...\n    def __init__(self): ...")) == {"_losses"}
