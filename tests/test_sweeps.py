@@ -142,7 +142,7 @@ def test_a_failing_job_does_not_stop_the_others(tmp_path):
 def test_resume_skips_done_jobs_and_continues_the_others_from_last_ckpt(tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = [*BASE, "trainer.max_epochs=2", "seed=0,1"]
-    _, jobs = plan(args + [f"hydra.sweep.dir={sweep_dir}"])
+    _, jobs, _ = plan(args + [f"hydra.sweep.dir={sweep_dir}"])
     done, unfinished = (sweep_dir / folder for _, folder, _ in jobs)
     # seed 0: finished earlier
     done.mkdir(parents=True)
@@ -284,7 +284,7 @@ def test_one_bookkeeping_list_names_the_job_folders_and_groups_the_report(tmp_pa
         "trainer.enable_progress_bar=false",
         "data.num_workers=0",
     ]
-    _, jobs = plan(["debug=tiny", "seqpool=x,softmax", *noise, f"hydra.sweep.dir={tmp_path}"])
+    _, jobs, _ = plan(["debug=tiny", "seqpool=x,softmax", *noise, f"hydra.sweep.dir={tmp_path}"])
     assert sorted(folder for _, folder, _ in jobs) == [
         "debug=tiny,seqpool=softmax/seed_0",
         "debug=tiny,seqpool=x/seed_0",

@@ -173,11 +173,6 @@ def model_data_spec(cfg: DictConfig) -> dict:
     return {"image_size": node["image_size"]} if node.get("image_size") else {}
 
 
-def input_size(cfg: DictConfig) -> int:
-    """The side of the images the model sees."""
-    return model_data_spec(cfg).get("image_size") or cfg.data.image_size
-
-
 def build_data(cfg: DictConfig):
     """The datamodule, delivering images as the model asks for them (model_data_spec)."""
     spec = model_data_spec(cfg)
@@ -257,22 +252,18 @@ def make_optimizer(cfg: DictConfig, on_gpu: bool):
     return instantiate(cfg.optimizer)
 
 
-def quiet_lightning() -> None:
-    """Keep the console to attnexp's own lines: Lightning's start-up banners (accelerator
-    availability, advertising tips) and two warnings that do not apply to our loaders."""
-    for name in ("pytorch_lightning", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning's own deprecated call
-    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")  # epoch metrics are ours
-
-
 def make_trainer(
     cfg: DictConfig, callbacks: list, logger, root_dir: str | None = None, checkpointing: bool = True
 ) -> pl.Trainer:
     """Lightning's Trainer from the trainer node (hydra.utils.instantiate); attnexp fills what
     depends on the machine (auto accelerator, precision and progress bar) and its own parts.
     `root_dir`: the run's folder (None for the start-up check, which writes nothing)."""
-    quiet_lightning()
+    # the console keeps attnexp's own lines: no start-up banners (accelerator availability, tips), no
+    # warnings that do not apply to our loaders
+    for name in ("pytorch_lightning", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning's own deprecated call
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")  # epoch metrics are ours
     t = cfg.trainer
     gpu = on_gpu(cfg)
     progress = t.enable_progress_bar if t.enable_progress_bar is not None else sys.stderr.isatty()
@@ -346,5 +337,5 @@ def example_input(cfg: DictConfig, model: nn.Module, batch: int, device: torch.d
     its own (`example_input`: the text models' word ids, padding included); images otherwise."""
     if hasattr(model, "example_input"):
         return model.example_input(batch, device)
-    size = input_size(cfg)
+    size = model_data_spec(cfg).get("image_size") or cfg.data.image_size  # the side the model sees
     return torch.randn(batch, cfg.data.in_channels, size, size, device=device)

@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from attnexp.config.compose import compose, config_loader, hydra_config, set_hydra_key
-from attnexp.errors import JobExit, StartupError
+from attnexp.errors import JobExit
 from attnexp.sweep import manifest
 from attnexp.sweep.plan import (
     check_job,
@@ -28,7 +28,6 @@ from attnexp.sweep.plan import (
     given,
     override_key,
     pack_jobs,
-    packs,
     parse_overrides,
     plan,
     release_dir,
@@ -74,15 +73,9 @@ def sweep(overrides: list[str]) -> int:
     from attnexp.sweep.estimate import dry_run
 
     started = time.time()
-    master, jobs = plan(overrides)
+    master, jobs, grouped = plan(overrides)
     with hydra_config(master):
         sweep_dir = str(master.hydra.sweep.dir)
-    try:
-        grouped = packs(master, jobs)
-    except StartupError:
-        if not given(overrides, "hydra.sweep.dir"):
-            release_dir(sweep_dir)
-        raise
     if master.sweep.dry_run:
         dry_run(sweep_dir, [(manifest.Job(o, d), cfg) for o, d, cfg in jobs], grouped)
         if not given(overrides, "hydra.sweep.dir"):
@@ -136,10 +129,6 @@ def _resume_or_run(cfg: DictConfig, run_dir: str, multirun: bool) -> dict | None
             if last.is_file():
                 cfg.ckpt_path = str(last)
                 print(f"[resume] {run_dir} from {last}")
-    return _run_recorded(cfg, run_dir, multirun)
-
-
-def _run_recorded(cfg: DictConfig, run_dir: str, multirun: bool) -> dict | None:
     from attnexp.train.lifecycle import RunFailed
     from attnexp.train.modes import run_mode
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 
@@ -80,11 +81,11 @@ def expand(parsed: list) -> list[list[str]]:
     return [list(job) for job in itertools.product(*columns.values())]
 
 
-def plan(overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str], str, DictConfig]]]:
-    """(the sweep's own config, [(job overrides, job folder relative to the sweep, job config)]).
-    The command's sweeps first, then a preset's `hydra.sweeper.params`; each job records the keys
-    the sweep varies (`sweep.swept`: its HParams show them first). Each job is composed once and
-    checked (check_job) before any runs; a StartupError gives back the folder claimed for it."""
+def plan(overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str], str, DictConfig]], list | None]:
+    """(the sweep's own config, [(job overrides, job folder relative to the sweep, job config)], its
+    packs). The command's sweeps first, then a preset's `hydra.sweeper.params`; each job records the
+    keys the sweep varies (`sweep.swept`: its HParams show them first). Each job is composed once and
+    checked (check_job), each pack too, before any runs; a StartupError gives back the folder claimed."""
     parse_overrides(overrides)  # a syntax error names its override
     master = compose(overrides, return_hydra_config=True, mode="MULTIRUN")
     params = master.hydra.sweeper.get("params")
@@ -107,11 +108,12 @@ def plan(overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str], str, D
             with hydra_config(cfg):  # the subdir reads ${hydra:job.override_dirname}
                 jobs.append((job_overrides, str(cfg.hydra.sweep.subdir), cfg))
             check_job(cfg)
+        grouped = packs(master, jobs)
     except StartupError:
         if not given(overrides, "hydra.sweep.dir"):
             release_dir(str(master.hydra.sweep.dir))
         raise
-    return master, jobs
+    return master, jobs, grouped
 
 
 def packs(master: DictConfig, jobs: list) -> list[list[int]] | None:
@@ -148,15 +150,13 @@ def pack_jobs(sweep_dir: str, jobs: list, grouped: list[list[int]]) -> list[list
 
 def release_dir(folder: str) -> None:
     """Give back a sweep folder this command claimed (created empty) but will not use."""
-    try:
+    with suppress(OSError):  # no longer empty: not ours to remove
         os.removedirs(folder)
-    except OSError:
-        pass
 
 
-def varying(overrides: list[str], pack: str) -> bool:
+def varying(override: str, pack: str) -> bool:
     """Whether an override is one a pack's members may differ in."""
-    key = overrides.lstrip("+~").split("=", 1)[0]
+    key = override_key(override)
     return key == "seed" if pack == "seed" else key.startswith("alpha.")
 
 

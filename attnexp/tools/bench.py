@@ -32,6 +32,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from attnexp.errors import StartupError
+
 CIFAR10_TRAIN, CIFAR10_TEST, RECIPE_EPOCHS = 50_000, 10_000, 200
 CIFAR10_AUGMENT = {"autoaugment": "cifar10", "padding": 4, "flip": True}  # conf/data/cifar10.yaml
 
@@ -67,9 +69,6 @@ VARIANTS = {
 BASELINE = "eager"
 
 
-# ------------------------------------------------------------------ small helpers
-
-
 def sync(device) -> None:
     import torch
 
@@ -77,12 +76,11 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, n: int, device) -> float:
-    """Seconds for n calls of fn, with the device drained before and after."""
+def timed(fn, device) -> float:
+    """Seconds for one call of fn, with the device drained before and after."""
     sync(device)
     start = time.perf_counter()
-    for _ in range(n):
-        fn()
+    fn()
     sync(device)
     return time.perf_counter() - start
 
@@ -125,9 +123,6 @@ def compose(model: str, attention: str, *extra: str):
     return compose_config([f"model={model}", f"attention={attention}", *extra])
 
 
-# ------------------------------------------------------------------ step: one model, several builds
-
-
 def trainer_preset(device) -> str:
     return "trainer=gpu" if device.type == "cuda" else "trainer=cpu"
 
@@ -163,9 +158,6 @@ def bench_steps(model_name, attention, variants, args, device, data_overrides) -
         if base:
             results[name]["speedup"] = results[name]["img_per_s"] / base
     return results
-
-
-# ------------------------------------------------------------------ path: Lightning vs a bare loop
 
 
 def bench_path(model_name, attention, args, device, data_overrides) -> dict:
@@ -241,9 +233,6 @@ def _bare_loop(module, datamodule, precision, warmup, steps, device) -> float:
     return (marks[-1] - marks[0]) / (len(marks) - 1)
 
 
-# ------------------------------------------------------------------ data: the augmented loader alone
-
-
 def bench_data(args, device) -> dict:
     from attnexp.data.augment import build_augment
     from attnexp.data.loader import TensorLoader
@@ -260,7 +249,7 @@ def bench_data(args, device) -> dict:
             split, args.batch_size, mean, std, shuffle=True, augment=build_augment(CIFAR10_AUGMENT, impl)
         )
         loader.batch(0, 0)  # warm-up
-        times = [timed(lambda i=i: loader.batch(1, i % len(loader)), 1, device) for i in range(batches)]
+        times = [timed(lambda i=i: loader.batch(1, i % len(loader)), device) for i in range(batches)]
         per_batch = statistics.median(times)
         out[impl] = {"batches_per_s": 1 / per_batch, "img_per_s": args.batch_size / per_batch, "batches": batches}
     return out
@@ -284,13 +273,10 @@ def bench_autoaugment_cpu(args) -> dict:
     times: dict[str, list[float]] = {name: [] for name in policies}
     for _ in range(max(args.data_batches, 3)):
         for name, policy in policies.items():
-            times[name].append(timed(lambda p=policy: p(images, g), 1, cpu))
+            times[name].append(timed(lambda p=policy: p(images, g), cpu))
     out = {name: {"img_per_s": args.batch_size / statistics.median(t), "batches": len(t)} for name, t in times.items()}
     out["official_vs_torchvision"] = out["official"]["img_per_s"] / out["torchvision"]["img_per_s"]
     return out
-
-
-# ------------------------------------------------------------------ flops and memory
 
 
 def count_flops(model_name: str, attention: str, data_overrides) -> dict:
@@ -357,10 +343,7 @@ def eval_img_per_s(model_name, attention, batch, device, data_overrides, repeats
             model(x)
 
     forward()
-    return batch / statistics.median(timed(forward, 1, device) for _ in range(repeats))
-
-
-# ------------------------------------------------------------------ the report
+    return batch / statistics.median(timed(forward, device) for _ in range(repeats))
 
 
 def targets(report: dict, gpu: bool) -> list[dict]:
@@ -372,15 +355,10 @@ def targets(report: dict, gpu: bool) -> list[dict]:
         if "path" in entry:
             rows.append({"what": f"{key} training path / bare loop", "value": entry["path"]["ratio"], "target": 0.95})
         if not gpu and steps:
-            same_numerics = [r.get("speedup", 0) for k, r in steps.items() if not VARIANTS[k].bf16]
-            rows.append({"what": f"{key} best fp32 build / eager", "value": max(same_numerics), "target": 1.2})
-            rows.append(
-                {
-                    "what": f"{key} best build / eager (bf16 allowed)",
-                    "value": max(r.get("speedup", 0) for r in steps.values()),
-                    "target": 1.2,
-                }
-            )
+            fp32 = max(r.get("speedup", 0) for k, r in steps.items() if not VARIANTS[k].bf16)
+            any_numerics = max(r.get("speedup", 0) for r in steps.values())
+            rows.append({"what": f"{key} best fp32 build / eager", "value": fp32, "target": 1.2})
+            rows.append({"what": f"{key} best build / eager (bf16 allowed)", "value": any_numerics, "target": 1.2})
         if gpu and steps:
             limit = {"cct7": 300.0, "cct2": 60.0}.get(key.split("/")[0])
             if limit:
@@ -431,10 +409,9 @@ def print_report(report: dict) -> None:
             print(
                 f"   data pipeline / fastest model step: {entry['data_vs_model']:.1f}× (above 1: the model is the bottleneck)"
             )
-        mem = entry.get("memory")
-        if mem:
+        if "memory" in entry:
             print(
-                f"   memory per training job at batch {report['memory_batch']}: {mem['total_gib']:.2f} GiB + the CUDA context"
+                f"   memory per training job at batch {report['memory_batch']}: {entry['memory']['total_gib']:.2f} GiB + the CUDA context"
             )
     for impl, d in report.get("data", {}).items():
         print(
@@ -460,23 +437,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="attnexp-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="cct2,cct7", help="model choices, comma-separated (default: cct2,cct7)")
     p.add_argument("--attention", default="softmax,softmax_v", help="attention choices (default: softmax,softmax_v)")
-    p.add_argument(
-        "--variants", default=None, help=f"build variants of {','.join(VARIANTS)} (default: all but bf16 on a GPU)"
-    )
+    p.add_argument("--variants", help=f"build variants of {','.join(VARIANTS)} (default: all but bf16 on a GPU)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--batch-size", type=int, default=None, help="default: 128 on a GPU (the recipe), 32 on the CPU")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up steps per variant (default: 1 CPU, 10 GPU)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per repeat (default: 1 CPU, 50 GPU)")
+    p.add_argument("--batch-size", type=int, help="default: 128 on a GPU (the recipe), 32 on the CPU")
+    p.add_argument("--warmup", type=int, help="warm-up steps per variant (default: 1 CPU, 10 GPU)")
+    p.add_argument("--steps", type=int, help="timed steps per repeat (default: 1 CPU, 50 GPU)")
     p.add_argument("--repeats", type=int, default=3, help="repeats; the median is reported (default: 3)")
     p.add_argument(
-        "--path-steps",
-        type=int,
-        default=None,
-        help="timed steps of the training-path comparison (default: 4 CPU, 100 GPU)",
+        "--path-steps", type=int, help="timed steps of the training-path comparison (default: 4 CPU, 100 GPU)"
     )
-    p.add_argument(
-        "--data-batches", type=int, default=None, help="batches timed for the data pipeline (default: 5 CPU, 50 GPU)"
-    )
+    p.add_argument("--data-batches", type=int, help="batches timed for the data pipeline (default: 5 CPU, 50 GPU)")
     p.add_argument(
         "--reference-batches", type=int, default=1, help="batches through torchvision's per-image pipeline (0: skip)"
     )
@@ -489,19 +459,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-path", action="store_true", help="skip the training-path comparison")
     p.add_argument(
         "--pack",
-        default=None,
         help="only the packed-run comparison: one packed step of K members vs K unpacked steps, for each K "
         "(comma-separated, e.g. 1,4; a GPU: 1,2,4,8,16)",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--out", default="bench.json")
-    args = p.parse_args(argv)
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    from attnexp.errors import StartupError
-
     try:
         run(argv)
     except StartupError as e:  # a bad model or attention name: one line, before any timing
@@ -538,12 +504,9 @@ def run(argv=None) -> dict:
     variants = args.variants.split(",") if args.variants else [v for v in VARIANTS if not (gpu and v == "bf16")]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        from attnexp.errors import StartupError
-
         raise StartupError(f"--variants {','.join(unknown)}: one of {', '.join(VARIANTS)}")
     models, attentions = args.models.split(","), args.attention.split(",")
     data_overrides = ["data=fake"]  # CIFAR-10's shapes and classes, synthetic pixels: no dataset needed
-    peak = peak_tflops(torch.cuda.get_device_name(device)) if gpu else None
     for model_name in models:  # every choice composes before anything is timed
         for attention in attentions:
             compose(model_name, attention, *data_overrides)
@@ -556,6 +519,7 @@ def run(argv=None) -> dict:
         "args": vars(args),
         "variants": {k: asdict(v) for k, v in VARIANTS.items()},
     }
+    peak = peak_tflops(report["machine"]["gpu"]) if gpu else None
     report["memory_batch"] = 128
     report["models"] = {}
     report["data"] = bench_data(args, device)
@@ -611,7 +575,7 @@ def bench_pack(models: list[str], sizes: list[int], device, data_overrides, args
             )
             rows.append({"model": model_name, "k": k, "packed_step_s": step, "unpacked_steps_s": k * single})
     report = {"machine": machine(device), "batch_size": args.batch_size, "pack": rows}
-    print(f"\npacked steps ({report['machine'].get('device', device.type)}, batch {args.batch_size} per member):")
+    print(f"\npacked steps ({device.type}, batch {args.batch_size} per member):")
     print(f"  {'model':<8} {'K':>3} {'packed step':>12} {'K unpacked':>11} {'speed-up':>9}")
     for r in rows:
         print(

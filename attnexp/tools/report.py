@@ -16,11 +16,17 @@ import csv
 import math
 import sys
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from statistics import mean, stdev
 
+import yaml
+from omegaconf import OmegaConf
+
 from attnexp.config.compose import is_bookkeeping
+from attnexp.sweep.manifest import read_manifest
 from attnexp.train.rundir import read_metrics
 
 LOSS_TAG = "train/loss"
@@ -36,11 +42,8 @@ class ReportError(Exception):
     pass
 
 
-# ---------------------------------------------------------------- runs
-
-
 @dataclass
-class Run:
+class ReportRun:
     dir: Path
     status: str  # metrics.json's status; "not started" for a planned job without a folder
     reason: str = ""
@@ -59,8 +62,6 @@ class Run:
         if key in self.choices:
             return str(self.choices[key])
         if self.config is not None:
-            from omegaconf import OmegaConf
-
             found = OmegaConf.select(self.config, key, throw_on_resolution_failure=False)
             return None if found is None else str(found)
         return None
@@ -98,9 +99,7 @@ def read_curves(tb_dir: Path, tags: tuple[str, ...]) -> dict[str, dict[int, floa
     return curves
 
 
-def load_run(folder: Path, metric: str) -> Run:
-    from omegaconf import OmegaConf
-
+def read_run(folder: Path, metric: str) -> ReportRun:
     hydra_dir = folder / ".hydra"
     config = OmegaConf.load(hydra_dir / "config.yaml")
     overrides = list(OmegaConf.load(hydra_dir / "overrides.yaml")) if (hydra_dir / "overrides.yaml").is_file() else []
@@ -108,7 +107,7 @@ def load_run(folder: Path, metric: str) -> Run:
     if (hydra_dir / "hydra.yaml").is_file():
         choices = dict(OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"), "hydra.runtime.choices") or {})
     metrics = read_metrics(folder)
-    return Run(
+    return ReportRun(
         dir=folder,
         status=metrics.get("status") or "started",
         reason=str(metrics.get("reason") or ""),
@@ -121,33 +120,27 @@ def load_run(folder: Path, metric: str) -> Run:
     )
 
 
-def find_runs(paths: list[str], metric: str) -> list[Run]:
+def find_runs(paths: list[str], metric: str) -> list[ReportRun]:
     """Every training run below the paths, plus the planned jobs of a sweep (sweep.json) that never started."""
-    from attnexp.sweep.manifest import read_manifest
-
-    runs: dict[Path, Run] = {}
+    runs: dict[Path, ReportRun] = {}
     for p in paths:
         root = Path(p)
         if not root.is_dir():
             raise ReportError(f"{p}: no such folder")
-        candidates = [root / ".hydra" / "config.yaml", *root.rglob("config.yaml")]
-        for c in (c for c in candidates if c.parent.name == ".hydra" and c.is_file()):
+        for c in (c for c in root.rglob("config.yaml") if c.parent.name == ".hydra" and c.is_file()):
             folder = c.parent.parent.resolve()
             if folder not in runs:
-                run = load_run(folder, metric)
+                run = read_run(folder, metric)
                 if run.config.get("mode", "train") == "train":
                     runs[folder] = run
-        for manifest in [root / "sweep.json", *root.rglob("sweep.json")]:
+        for manifest in root.rglob("sweep.json"):
             for job in read_manifest(manifest.parent):
                 folder = (manifest.parent / job.dir).resolve()
                 if folder not in runs and not (folder / ".hydra").is_dir():
                     seed = dict(_split(o) for o in job.overrides).get("seed")
                     why = "the launcher never started it"
-                    runs[folder] = Run(folder, "not started", why, group_key(job.overrides), seed)
+                    runs[folder] = ReportRun(folder, "not started", why, group_key(job.overrides), seed)
     return sorted(runs.values(), key=lambda r: (r.key, str(r.seed), str(r.dir)))
-
-
-# ---------------------------------------------------------------- statistics
 
 
 @dataclass
@@ -163,7 +156,7 @@ class Stats:
         return cls(len(values), mean(values), stdev(values) if len(values) > 1 else None, min(values), max(values))
 
 
-def welch_interval(a: list[float], b: list[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+def welch_interval(a: list[float], b: list[float]) -> tuple[float, float, float]:
     """mean(a) − mean(b) and its Welch-t confidence interval (unequal variances); NaN bounds when
     either side has fewer than two runs or neither has any spread."""
     diff = mean(a) - mean(b)
@@ -175,28 +168,24 @@ def welch_interval(a: list[float], b: list[float], confidence: float = CONFIDENC
 
     with warnings.catch_warnings():  # near-identical samples: scipy warns, the interval is still right
         warnings.simplefilter("ignore", RuntimeWarning)
-        ci = ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
+        ci = ttest_ind(a, b, equal_var=False).confidence_interval(CONFIDENCE)
     return diff, float(ci.low), float(ci.high)
 
 
 def verdict(low: float, high: float, higher_is_better: bool) -> str:
-    if math.isnan(low) or math.isnan(high):
-        return "can't tell"
+    """better / worse when the interval excludes 0; NaN bounds (no interval) compare false: can't tell."""
     if low > 0 or high < 0:
         return "better" if (low > 0) == higher_is_better else "worse"
     return "can't tell"
 
 
-# ---------------------------------------------------------------- groups
-
-
 @dataclass
 class Group:
     key: tuple
-    runs: list[Run]  # finished runs that logged the metric
+    runs: list[ReportRun]  # finished runs that logged the metric
     label: str = ""
 
-    def first(self) -> Run:
+    def first(self) -> ReportRun:
         return self.runs[0]
 
     def values(self, which: str, metric: str) -> list[float]:
@@ -208,22 +197,22 @@ class Group:
         return out
 
 
-def make_groups(runs: list[Run], metric: str) -> list[Group]:
-    by_key: dict[tuple, list[Run]] = {}
+def make_groups(runs: list[ReportRun], metric: str) -> list[Group]:
+    by_key: dict[tuple, list[ReportRun]] = {}
     for r in runs:
         if r.status == "done" and metric in r.curves:
             by_key.setdefault(r.key, []).append(r)
     groups = [Group(k, v) for k, v in by_key.items()]
-    varying = varying_keys([g.key for g in groups])
+    varying = varying_keys(groups)
     for g in groups:
         d = dict(g.key)
         g.label = ", ".join(f"{k}={d[k]}" for k in varying if k in d) or "all runs"
     return groups
 
 
-def varying_keys(keys: list[tuple]) -> list[str]:
+def varying_keys(groups: list[Group]) -> list[str]:
     """Override keys whose value is not the same in every group (in order of first appearance)."""
-    dicts = [dict(k) for k in keys]
+    dicts = [dict(g.key) for g in groups]
     names = list(dict.fromkeys(name for d in dicts for name in d))
     return [n for n in names if len({d.get(n) for d in dicts}) > 1]
 
@@ -245,7 +234,7 @@ def baselines_for(groups: list[Group], spec: dict[str, str]) -> dict[int, Group 
     if not spec:
         return {id(g): None for g in groups}
     matching = [g for g in groups if all(g.first().value(k) == v for k, v in spec.items())]
-    others = [k for k in varying_keys([g.key for g in groups]) if k not in spec]
+    others = [k for k in varying_keys(groups) if k not in spec]
     chosen = {}
     for g in groups:
         agree = [b for b in matching if all(b.first().value(k) == g.first().value(k) for k in others)]
@@ -253,12 +242,12 @@ def baselines_for(groups: list[Group], spec: dict[str, str]) -> dict[int, Group 
     return chosen
 
 
-def numerics_of(run: Run) -> tuple[str, str | None]:
+def numerics_of(run: ReportRun) -> tuple[str, str | None]:
     """(recipe, precision) a run recorded; runs from before the record count as the default recipe."""
     return run.metrics.get("recipe") or "fast", (run.metrics.get("numerics") or {}).get("precision")
 
 
-def check_recipes(runs: list[Run], mix: bool) -> None:
+def check_recipes(runs: list[ReportRun], mix: bool) -> None:
     """Runs of different recipes or precisions differ by more than their variant: refuse to compare
     them unless asked to (--mix-recipes)."""
     kinds = Counter(numerics_of(r) for r in runs if r.status == "done")
@@ -273,23 +262,16 @@ def check_recipes(runs: list[Run], mix: bool) -> None:
     )
 
 
-# ---------------------------------------------------------------- anchors
-
-
 def load_anchors(name: str | None) -> dict | None:
     """A small YAML of published numbers: a path, or the name of one shipped in conf/anchors/."""
     if not name:
         return None
-    import yaml
-
     path = Path(name)
     if not path.is_file():
-        from importlib.resources import files
-
         shipped = files("attnexp.conf").joinpath("anchors", f"{name}.yaml")
         if not shipped.is_file():
             raise ReportError(f"--anchors {name}: no such file (shipped: {', '.join(shipped_anchors())})")
-        path = Path(str(shipped))
+        path = shipped
     body = yaml.safe_load(path.read_text()) or {}
     if not isinstance(body.get("published"), dict) or "key" not in body:
         raise ReportError(f"--anchors {name}: needs `key:` (the choice) and `published:` (choice → list of numbers)")
@@ -297,13 +279,11 @@ def load_anchors(name: str | None) -> dict | None:
 
 
 def shipped_anchors() -> list[str]:
-    from importlib.resources import files
-
     folder = files("attnexp.conf").joinpath("anchors")
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def mismatch(run: Run, where: dict) -> str | None:
+def mismatch(run: ReportRun, where: dict) -> str | None:
     """Why `run` is not the setting a published number was measured in (None: it is)."""
     for key, wanted in (where or {}).items():
         have = run.value(key)
@@ -332,9 +312,6 @@ def published(anchors: dict | None, group: Group) -> tuple[str, list[str]]:
     return "; ".join(out), left_out
 
 
-# ---------------------------------------------------------------- the table
-
-
 def _pm(s: Stats) -> str:
     return f"{s.mean:.2f} ± {s.std:.2f}" if s.std is not None else f"{s.mean:.2f}"
 
@@ -344,14 +321,15 @@ def _span(values: list) -> str:
     return f"{lo:,}" if lo == hi else f"{lo:,}–{hi:,}"
 
 
-def _delta(d: tuple[float, float, float]) -> str:
-    diff, lo, hi = d
+def _delta(row: dict, which: str) -> str:
+    diff, lo, hi = row[f"d_{which}"], row[f"d_{which}_low"], row[f"d_{which}_high"]
+    if diff is None:
+        return "—"
     return f"{diff:+.2f}" + ("" if math.isnan(lo) else f" [{lo:+.2f}, {hi:+.2f}]")
 
 
 def table_rows(groups: list[Group], metric: str, baselines: dict, anchors: dict | None) -> list[dict]:
-    higher_is_better = "loss" not in metric
-    keys = varying_keys([g.key for g in groups])
+    keys = varying_keys(groups)
     rows = []
     for g in groups:
         best, final = Stats.of(g.values("best", metric)), Stats.of(g.values("final", metric))
@@ -369,13 +347,12 @@ def table_rows(groups: list[Group], metric: str, baselines: dict, anchors: dict 
         }
         base = baselines.get(id(g))
         for which in ("best", "final"):
-            if base is None or base is g:
-                row |= {f"d_{which}": None, f"d_{which}_low": None, f"d_{which}_high": None}
-                row[f"verdict_{which}"] = "baseline" if base is g else ""
-                continue
-            d = welch_interval(g.values(which, metric), base.values(which, metric))
-            row |= {f"d_{which}": d[0], f"d_{which}_low": d[1], f"d_{which}_high": d[2]}
-            row[f"verdict_{which}"] = verdict(d[1], d[2], higher_is_better)
+            diff = low = high = None
+            judged = "baseline" if base is g else ""
+            if base is not None and base is not g:
+                diff, low, high = welch_interval(g.values(which, metric), base.values(which, metric))
+                judged = verdict(low, high, higher_is_better="loss" not in metric)
+            row |= {f"d_{which}": diff, f"d_{which}_low": low, f"d_{which}_high": high, f"verdict_{which}": judged}
         row["published"], row["_left_out"] = published(anchors, g)
         row["_best"], row["_final"] = best, final
         rows.append(row)
@@ -388,38 +365,23 @@ def markdown_table(header: list[str], lines: list[list[str]], right: set[int] = 
 
 
 def render(
-    rows: list[dict], metric: str, spec: dict, anchors: dict | None, unfinished: list[Run], plots: list[str]
+    rows: list[dict], metric: str, spec: dict, anchors: dict | None, unfinished: list[ReportRun], plots: list[str]
 ) -> str:
     name = "top-1" if metric.endswith("acc1") else metric
-    compare = bool(spec)
     header = ["choices", "n", f"best {name}", "(min–max)", f"final {name}", "(min–max)", "epochs", "s/epoch", "params"]
-    if compare:
+    if spec:
         header += ["Δ best (95 % CI)", "verdict", "Δ final (95 % CI)", "verdict"]
     if anchors:
         header += ["published best / final"]
     lines = []
     for r in rows:
-        b, f = r["_best"], r["_final"]
-        cells = [
-            r["group"],
-            str(r["n"]),
-            _pm(b),
-            f"{b.min:.2f}–{b.max:.2f}",
-            _pm(f),
-            f"{f.min:.2f}–{f.max:.2f}",
-            r["epochs"],
-            "" if r["s_per_epoch"] is None else f"{r['s_per_epoch']:.1f}",
-            r["params"],
-        ]
-        if compare:
+        cells = [r["group"], str(r["n"])]
+        for s in (r["_best"], r["_final"]):
+            cells += [_pm(s), f"{s.min:.2f}–{s.max:.2f}"]
+        cells += [r["epochs"], "" if r["s_per_epoch"] is None else f"{r['s_per_epoch']:.1f}", r["params"]]
+        if spec:
             for which in ("best", "final"):
-                if r[f"d_{which}"] is None:
-                    cells += ["—", r[f"verdict_{which}"]]
-                else:
-                    cells += [
-                        _delta((r[f"d_{which}"], r[f"d_{which}_low"], r[f"d_{which}_high"])),
-                        r[f"verdict_{which}"],
-                    ]
+                cells += [_delta(r, which), r[f"verdict_{which}"]]
         if anchors:
             cells.append(r["published"])
         lines.append(cells)
@@ -428,7 +390,7 @@ def render(
         "mean ± sample std over seeds (n = finished runs), best = best epoch, final = last epoch, "
         f"from TensorBoard `{metric}`."
     ]
-    if compare:
+    if spec:
         notes.append(
             f"Δ = group mean − baseline mean ({', '.join(f'{k}={v}' for k, v in spec.items())}), "
             f"with a {CONFIDENCE:.0%} Welch-t confidence interval (unequal variances): "
@@ -448,16 +410,11 @@ def render(
         listed = []
         for r in unfinished:
             why = r.reason or (f"no `{metric}` logged" if r.status == "done" else "")
-            listed.append([_short(r.dir), r.status, str(r.metrics.get("epochs") or 0), why])
+            listed.append(["/".join(r.dir.parts[-2:]), r.status, str(r.metrics.get("epochs") or 0), why])
         out.append(markdown_table(["job", "status", "epochs", "reason"], listed))
     for p in plots:
         out += ["", f"![{Path(p).stem}]({Path(p).name})"]
     return "\n".join(out) + "\n"
-
-
-def _short(path: Path) -> str:
-    parts = path.parts
-    return "/".join(parts[-2:]) if len(parts) >= 2 else str(path)
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -465,59 +422,52 @@ def write_csv(rows: list[dict], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r[k] is None else r[k]) for k in fields})
+        w.writerows(rows)
 
 
-# ---------------------------------------------------------------- plots
-
-
-def _band(runs: list[Run], tag: str):
-    """(epochs, mean, min, max) over the runs; a run missing an epoch does not count there."""
+def _band(runs: list[ReportRun], tag: str):
+    """(epochs, mean, min, max) over the runs; a run missing an epoch (NaN in the runs × epochs grid)
+    does not count there."""
     import numpy as np
 
     epochs = sorted({e for r in runs for e in r.curves.get(tag, {})})
-    grid = np.array(
-        [[r.curves.get(tag, {}).get(e, np.nan) for e in epochs] for r in runs], dtype=float
-    )  # (runs, epochs)
+    grid = np.array([[r.curves.get(tag, {}).get(e, np.nan) for e in epochs] for r in runs], dtype=float)
     return epochs, np.nanmean(grid, 0), np.nanmin(grid, 0), np.nanmax(grid, 0)
 
 
-def plot_curves(groups: list[Group], metric: str, path: Path) -> None:
-    import matplotlib
+@contextmanager
+def _figure(path: Path, figsize: tuple[float, float], columns: int = 1):
+    """Axes (one, or a row of `columns`) of a new figure, saved to `path` at the end of the block."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for i, g in enumerate(groups):
-        color = f"C{i % 10}"
-        for ax, tag in zip(axes, (metric, LOSS_TAG)):
-            epochs, m, lo, hi = _band(g.runs, tag)
-            if not epochs:
-                continue
-            ax.plot(
-                epochs, m, color=color, marker="o" if len(epochs) < 4 else None, label=f"{g.label} (n={len(g.runs)})"
-            )
-            ax.fill_between(epochs, lo, hi, color=color, alpha=0.2, linewidth=0)
-    axes[0].set(xlabel="epoch", ylabel=metric, title=f"{metric}: mean over seeds, band = min–max")
-    axes[1].set(xlabel="epoch", ylabel=LOSS_TAG, title=f"{LOSS_TAG}: mean over seeds, band = min–max")
-    axes[0].legend(fontsize="small")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig = Figure(figsize=figsize)
+    yield fig.subplots(1, columns)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+
+def plot_curves(groups: list[Group], metric: str, path: Path) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    with _figure(path, (12, 4.5), columns=2) as axes:
+        for i, g in enumerate(groups):
+            color = f"C{i % 10}"
+            for ax, tag in zip(axes, (metric, LOSS_TAG)):
+                epochs, m, lo, hi = _band(g.runs, tag)
+                if not epochs:
+                    continue
+                label = f"{g.label} (n={len(g.runs)})"
+                ax.plot(epochs, m, color=color, marker="o" if len(epochs) < 4 else None, label=label)
+                ax.fill_between(epochs, lo, hi, color=color, alpha=0.2, linewidth=0)
+        for ax, tag in zip(axes, (metric, LOSS_TAG)):
+            ax.set(xlabel="epoch", ylabel=tag, title=f"{tag}: mean over seeds, band = min–max")
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[0].legend(fontsize="small")
 
 
 def plot_trend(groups: list[Group], metric: str, x: str, baselines: dict, path: Path) -> bool:
     """Best and final metric against a numeric choice: mean ± std per value, the baseline as a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     def number(g: Group) -> float | None:
         try:
@@ -525,7 +475,7 @@ def plot_trend(groups: list[Group], metric: str, x: str, baselines: dict, path: 
         except (TypeError, ValueError):
             return None
 
-    others = [k for k in varying_keys([g.key for g in groups]) if k != x]
+    others = [k for k in varying_keys(groups) if k != x]
     series: dict[str, list[Group]] = {}
     for g in groups:
         if number(g) is not None:
@@ -533,73 +483,59 @@ def plot_trend(groups: list[Group], metric: str, x: str, baselines: dict, path: 
     if not series:
         return False
     refs = {id(b): b for b in baselines.values() if b is not None}.values()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, which in zip(axes, ("best", "final")):
-        for i, (label, members) in enumerate(series.items()):
-            members = sorted(members, key=number)
-            stats = [Stats.of(g.values(which, metric)) for g in members]
-            ax.errorbar(
-                [number(g) for g in members],
-                [s.mean for s in stats],
-                yerr=[s.std or 0 for s in stats],
-                marker="o",
-                capsize=3,
-                color=f"C{i % 10}",
-                label=label,
-            )
-        for j, b in enumerate(refs):
-            s = Stats.of(b.values(which, metric))
-            label = f"baseline {b.label} (n={s.n})" if j == 0 else None
-            ax.axhline(s.mean, color="k", linestyle="--", linewidth=1, label=label)
-            if s.std:
-                ax.axhspan(s.mean - s.std, s.mean + s.std, color="k", alpha=0.08)
-        ax.set(xlabel=x, ylabel=f"{which} {metric}", title=f"{which} {metric}: mean ± std over seeds")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with _figure(path, (12, 4.5), columns=2) as axes:
+        for ax, which in zip(axes, ("best", "final")):
+            for i, (label, members) in enumerate(series.items()):
+                members = sorted(members, key=number)
+                stats = [Stats.of(g.values(which, metric)) for g in members]
+                ax.errorbar(
+                    [number(g) for g in members],
+                    [s.mean for s in stats],
+                    yerr=[s.std or 0 for s in stats],
+                    marker="o",
+                    capsize=3,
+                    color=f"C{i % 10}",
+                    label=label,
+                )
+            for j, b in enumerate(refs):
+                s = Stats.of(b.values(which, metric))
+                label = f"baseline {b.label} (n={s.n})" if j == 0 else None
+                ax.axhline(s.mean, color="k", linestyle="--", linewidth=1, label=label)
+                if s.std:
+                    ax.axhspan(s.mean - s.std, s.mean + s.std, color="k", alpha=0.08)
+            ax.set(xlabel=x, ylabel=f"{which} {metric}", title=f"{which} {metric}: mean ± std over seeds")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize="small")
     return True
 
 
 def plot_alpha(groups: list[Group], metric: str, path: Path) -> bool:
     """The metric at each epoch's end against α there, for the groups whose α moved (a remix
     fine-tune's ramp); the other groups' best as dashed lines (the control)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ramps = {id(g) for g in groups if any(len(set(r.curves.get(ALPHA_TAG, {}).values())) > 1 for r in g.runs)}
     if not ramps:
         return False
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for i, g in enumerate(groups):
-        color = f"C{i % 10}"
-        if id(g) in ramps:
-            epochs, alpha, _, _ = _band(g.runs, ALPHA_TAG)
-            scored, value, _, _ = _band(g.runs, metric)
-            at = dict(zip(epochs, alpha))
-            points = [(at[e], v) for e, v in zip(scored, value) if e in at]
-            ax.plot(*zip(*points), marker="o", color=color, label=f"{g.label} (n={len(g.runs)})")
-        else:
-            best = Stats.of(g.values("best", metric))
-            ax.axhline(best.mean, color=color, linestyle="--", linewidth=1, label=f"{g.label}: best (n={best.n})")
-    ax.set(xlabel="α at the epoch's end", ylabel=metric, title=f"{metric} against α (mean over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with _figure(path, (6.5, 4.5)) as ax:
+        for i, g in enumerate(groups):
+            color = f"C{i % 10}"
+            if id(g) in ramps:
+                epochs, alpha, _, _ = _band(g.runs, ALPHA_TAG)
+                scored, value, _, _ = _band(g.runs, metric)
+                at = dict(zip(epochs, alpha))
+                points = [(at[e], v) for e, v in zip(scored, value) if e in at]
+                ax.plot(*zip(*points), marker="o", color=color, label=f"{g.label} (n={len(g.runs)})")
+            else:
+                best = Stats.of(g.values("best", metric))
+                ax.axhline(best.mean, color=color, linestyle="--", linewidth=1, label=f"{g.label}: best (n={best.n})")
+        ax.set(xlabel="α at the epoch's end", ylabel=metric, title=f"{metric} against α (mean over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
     return True
 
 
-# ---------------------------------------------------------------- seed 003's table
-
-
-def seed003_table(runs: list[Run], metric: str) -> tuple[list[str], list[list[str]], str]:
+def seed003_table(runs: list[ReportRun], metric: str) -> tuple[list[str], list[list[str]], str]:
     """Model Type | Dataset | Max Accuracy | Average Inference Time (ms) | Parameters, in the seed's order."""
-    cells: dict[tuple[str, str], list[Run]] = {}
+    cells: dict[tuple[str, str], list[ReportRun]] = {}
     for r in runs:
         if r.status == "done" and metric in r.curves:
             cells.setdefault((r.choices.get("model", "?"), r.choices.get("data", "?")), []).append(r)
@@ -637,9 +573,6 @@ def seed003_table(runs: list[Run], metric: str) -> tuple[list[str], list[list[st
         + ", after warm-up, on the training device; Parameters: trainable."
     )
     return header, lines, note
-
-
-# ---------------------------------------------------------------- entry point
 
 
 def build_parser() -> argparse.ArgumentParser:
