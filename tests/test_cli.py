@@ -146,8 +146,16 @@ def test_val_split_holds_out_part_of_train_and_reports_test_at_best_val(tmp_path
     dm.setup()
     assert (len(dm.train), len(dm.val), len(dm.test)) == (150, 50, 50)
     assert not torch.equal(dm.val.images, dm.test.images)
-    metrics = run_in(tmp_path, *TINY, "data.val_split=0.25")
-    assert metrics["status"] == "done" and 0 <= metrics["test_acc1_at_best_val"] <= 100
+    # a run whose best validation epoch is not its last: the test score is best.ckpt's, not last.ckpt's
+    run = [*TINY, "data.val_split=0.25", "trainer.max_epochs=3", "optimizer.lr=1e-2", "scheduler.warmup_epochs=0"]
+    metrics = run_in(tmp_path / "run", *run)
+    val = [h["val_acc1"] for h in metrics["history"]]
+    assert metrics["status"] == "done" and max(val) > val[-1], val  # best ≠ last
+    ckpts = tmp_path / "run" / "checkpoints"
+    best, last = (
+        run_in(tmp_path / n, *run, "mode=eval", f"ckpt_path={ckpts / n}.ckpt")["test_acc1"] for n in ("best", "last")
+    )
+    assert metrics["test_acc1_at_best_val"] == pytest.approx(best) and best != pytest.approx(last), (best, last)
 
 
 @needs_shared

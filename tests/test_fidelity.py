@@ -79,9 +79,14 @@ def test_data_pipeline_constants():
     from attnexp.data.augment import random_crop
 
     g = torch.Generator().manual_seed(0)
-    ones = torch.full((64, 3, 32, 32), 255, dtype=torch.uint8)
-    cropped = random_crop(ones, 4, g)
-    assert cropped.shape == ones.shape and set(cropped.unique().tolist()) <= {0, 255}  # the border is 0
+    images = torch.randint(1, 256, (64, 3, 32, 32), generator=g, dtype=torch.uint8)  # no 0 inside: unique windows
+    cropped = random_crop(images, 4, g)
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))  # zero fill
+    offsets = []
+    for out, source in zip(cropped, padded):  # each crop is one 32×32 window of its zero-padded image
+        (hit,) = [(y, x) for y in range(9) for x in range(9) if torch.equal(source[:, y : y + 32, x : x + 32], out)]
+        offsets.append(hit)
+    assert len(set(offsets)) > 30  # and the windows vary (64 draws over 81 offsets)
     from attnexp.data.augment import BatchAugment
 
     ramp = torch.arange(32, dtype=torch.uint8).expand(2000, 3, 32, 32).contiguous()  # left ≠ right
@@ -111,12 +116,40 @@ def test_initialisation_drop_path_and_positional_table_follow_the_official_model
 
 
 def test_a_few_steps_with_the_official_recipe_record_it(tmp_path):
-    """recipe=official trains on the CPU; metrics.json records the recipe and its numerics."""
+    """recipe=official trains on the CPU; metrics.json records the recipe and its numerics (on the CPU
+    recipe=fast's too: what a GPU job is given is test_on_a_gpu_the_recipe_sets_the_precision_...)."""
     metrics = run_in(tmp_path, "recipe=official", *TINY, "model=cct2")
     assert metrics["status"] == "done" and metrics["recipe"] == "official"
     assert metrics["numerics"]["precision"] == "32-true"
     assert metrics["numerics"]["matmul_precision"] == "highest"
     assert json.loads((tmp_path / "metrics.json").read_text())["numerics"] == metrics["numerics"]
+
+
+@pytest.mark.parametrize(
+    "recipe,precision,matmul", [("official", "32-true", "highest"), ("fast", "bf16-mixed", "high")]
+)
+def test_on_a_gpu_the_recipe_sets_the_precision_and_the_matmul_precision(recipe, precision, matmul, monkeypatch):
+    """What a GPU job is given (on the CPU both recipes train in float32 at torch's default "highest"):
+    the Trainer's precision and torch's float32 matmul precision, as the job's factories set them."""
+    from attnexp.build import objects
+
+    cfg = compose("model=cct2", f"recipe={recipe}")
+    monkeypatch.setattr(objects, "on_gpu", lambda cfg: True)
+    matmul_set = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", matmul_set.append)  # recorded, not applied
+    objects.seed_and_threads(cfg)
+    trainer_args, real_instantiate = {}, objects.instantiate
+
+    def instantiate(node, **kwargs):  # the Trainer's arguments, without building a GPU Trainer
+        if "precision" not in kwargs:
+            return real_instantiate(node, **kwargs)
+        trainer_args.update(kwargs)
+        raise StopIteration
+
+    monkeypatch.setattr(objects, "instantiate", instantiate)
+    with pytest.raises(StopIteration):
+        objects.make_trainer(cfg, [], logger=False)
+    assert (trainer_args["precision"], trainer_args["accelerator"], matmul_set) == (precision, "gpu", [matmul])
 
 
 def test_cfg_job_shows_the_official_settings(capsys):

@@ -1,5 +1,5 @@
 """The GPU paths (`make gpu-check` runs these with a GPU visible): bf16 training, the device-resident
-loader, fused AdamW, and a pack of 4 equal to its unpacked runs within bf16 tolerance. Skipped
+loader, fused AdamW, and a pack of 4 whose validation losses are within 3 % (relative) of its unpacked runs. Skipped
 without CUDA (the tests hide GPUs unless CUDA_VISIBLE_DEVICES is set)."""
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def test_bf16_training_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "done" and metrics["numerics"]["precision"] == "bf16-mixed"
-    assert all(h["val_loss"] == h["val_loss"] for h in metrics["history"])  # finite, not NaN
+    losses = torch.tensor([h["val_loss"] for h in metrics["history"]])
+    assert len(losses) == 2 and torch.isfinite(losses).all()  # neither NaN nor ±inf
 
 
 def test_device_resident_loader_and_fused_adamw():
@@ -46,14 +47,23 @@ def test_device_resident_loader_and_fused_adamw():
     from attnexp.build.objects import build_data, build_model, make_optimizer
 
     cfg = compose_config(GPU_RUN)
-    datamodule = build_data(cfg)  # loader=auto: resident on the device the trainer trains on
-    datamodule.trainer = SimpleNamespace(
-        strategy=SimpleNamespace(root_device=torch.device("cuda")), global_rank=0, world_size=1
-    )
-    datamodule.setup()
-    assert datamodule.train.images.is_cuda
-    images, labels = datamodule.train_dataloader().batch(0, 0)
-    assert images.is_cuda and labels.is_cuda and images.dtype == torch.float32
+    assert cfg.data.augment is None  # augmentation off: the CUDA generator's stream is not the CPU's
+    loaders = {}
+    for device in ("cuda", "cpu"):
+        datamodule = build_data(cfg)  # loader=auto: resident on the device the trainer trains on
+        datamodule.trainer = SimpleNamespace(
+            strategy=SimpleNamespace(root_device=torch.device(device)), global_rank=0, world_size=1
+        )
+        datamodule.setup()
+        assert datamodule.train.images.is_cuda == (device == "cuda")
+        loaders[device] = datamodule.train_dataloader()
+    for epoch, i in ((0, 0), (1, 3)):  # the same (seed, epoch, index): the same batch on either device
+        assert torch.equal(loaders["cuda"].order(epoch).cpu(), loaders["cpu"].order(epoch))
+        (images, labels), (cpu_images, cpu_labels) = (loaders[d].batch(epoch, i) for d in ("cuda", "cpu"))
+        assert images.is_cuda and labels.is_cuda and images.dtype == torch.float32
+        assert torch.equal(labels.cpu(), cpu_labels)
+        torch.testing.assert_close(images.cpu(), cpu_images, rtol=0, atol=1e-6)
+    images, labels = loaders["cuda"].batch(0, 0)
     model = build_model(cfg).cuda()
     optimizer = make_optimizer(cfg, on_gpu=True)(model.parameters())
     assert optimizer.defaults["fused"] is True
@@ -62,7 +72,7 @@ def test_device_resident_loader_and_fused_adamw():
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_a_pack_of_four_equals_its_unpacked_runs_within_bf16_tolerance(tmp_path):
+def test_a_pack_of_fours_validation_losses_are_within_3_percent_of_its_unpacked_runs(tmp_path):
     # no dropout: an unpacked GPU run draws attention dropout inside the fused kernel
     run = [*GPU_RUN, "model.attn_drop=0", "model.drop_path=0", "seed=0,1,2,3"]
     for name, extra in (("unpacked", []), ("packed", ["sweep.pack=seed"])):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import attnexp_main
+from conftest import attnexp_main, copy_tree
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from attnexp.tools import report
@@ -141,6 +141,7 @@ def test_a_packed_sweep_reports_as_the_unpacked_one(seeds):
         with open(root / f"report_{name}" / "report.csv") as f:
             tables.append(list(csv.DictReader(f)))
     timing = {"wall_time_s", "s_per_epoch"}
+    assert len(tables[0]) == len(tables[1]) > 0  # the same rows, and some
     for mine, theirs in zip(*tables):
         for key in mine.keys() - timing:
             try:
@@ -230,12 +231,12 @@ def test_the_dry_run_shows_the_packs(tmp_path):
 def test_a_member_resumes_alone_as_its_unpacked_run_does(seeds, tmp_path):
     """A member's last.ckpt holds what an unpacked run's does (its AdamW slice, the loops, its best):
     one more epoch, alone and unpacked, from the packed member and from its unpacked run agree.
-    (Last in this file: it extends the fixture's runs in their folders.)"""
+    (A resume extends a run in its folder: copies of the fixture's runs are extended.)"""
     unpacked, packed, _ = seeds
     name = sorted(members(packed))[2]
     ends = []
     for sweep_dir in (unpacked, packed):
-        run_dir = sweep_dir / name
+        run_dir = copy_tree(sweep_dir / name, tmp_path / sweep_dir.name / name)
         ckpt = run_dir / "checkpoints" / "last.ckpt"
         proc = attnexp_main(f"ckpt_path='{ckpt}'", "trainer.max_epochs=3", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-2000:]

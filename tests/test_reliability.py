@@ -19,6 +19,7 @@ from conftest import ATTNEXP, attnexp_main, run_cli, run_dirs
 CONFIG_ERRORS = [
     (["optimizer.lr=abc"], "optimizer.lr=abc: expected a number"),
     (["optimizer.lr=-1"], "optimizer.lr=-1.0"),
+    (["optimizer.lr=0"], "optimizer.lr=0.0: must be > 0"),  # AdamW accepts 0: the run could not learn
     (["data.batch_size=0"], "data.batch_size=0"),
     (["data.batch_size=1.5"], "data.batch_size=1.5"),
     (["trainer.max_epochs=0"], "trainer.max_epochs"),
@@ -261,8 +262,39 @@ RUN = [
 ]
 
 
+def assert_resumed_run_matches(full_dir: Path, cut_dir: Path, steps: int) -> None:
+    a = torch.load(full_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(cut_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == steps
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (full_dir, cut_dir))
+    assert mb["status"] == "done"
+    assert [h["val_acc1"] for h in ma["history"]] == [h["val_acc1"] for h in mb["history"]]
+    assert (ma["best_acc1"], ma["final_acc1"]) == (mb["best_acc1"], mb["final_acc1"])
+
+
+def test_sigterm_at_a_known_step_then_resume_matches_the_uninterrupted_run(workdir):
+    """SIGTERM during step 7 of 10 (mid-epoch 2, sent in-process by a test callback): the run finishes
+    that step, saves it and stops; resumed, it ends bit-exact on the uninterrupted run (CPU)."""
+    full_dir, cut_dir = workdir / "full", workdir / "cut"
+    run = [*RUN, "data.train_size=160"]  # 5 steps an epoch
+    assert attnexp_main(*run, f"hydra.run.dir={full_dir}", cwd=workdir).returncode == 0
+    sigterm = ["+callbacks.sigterm._target_=poison.SigtermDuringStep", "+callbacks.sigterm.step=7"]
+    cut = attnexp_main(*run, *sigterm, f"hydra.run.dir={cut_dir}", cwd=workdir)
+    assert cut.returncode == 128 + signal.SIGTERM, cut.stderr[-2000:]
+    assert "resume with ckpt_path=" in cut.stderr.strip().splitlines()[-1]
+    assert json.loads((cut_dir / "metrics.json").read_text())["status"] == "interrupted"
+    assert torch.load(cut_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 7
+    resumed = attnexp_main(f"ckpt_path={cut_dir / 'checkpoints' / 'last.ckpt'}", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_resumed_run_matches(full_dir, cut_dir, steps=10)
+    assert not list(workdir.glob("outputs"))  # resumed in its own folder, no new run folder
+
+
+@pytest.mark.slow
 def test_sigterm_mid_epoch_then_resume_matches_the_uninterrupted_run(workdir):
-    """Bit-exact on CPU: same data order and augmentation (seeded per batch), dropout seeded per
+    """The console script, signalled from outside: bit-exact on CPU: same data order and augmentation (seeded per batch), dropout seeded per
     step, optimizer, scheduler and loader position restored from the mid-epoch checkpoint."""
     full_dir, cut_dir = workdir / "full", workdir / "cut"
     full = subprocess.Popen(
@@ -297,16 +329,7 @@ def test_sigterm_mid_epoch_then_resume_matches_the_uninterrupted_run(workdir):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     full.communicate(timeout=180)
     assert full.returncode == 0
-
-    a = torch.load(full_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(cut_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    assert a["global_step"] == b["global_step"] == 40
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
-    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (full_dir, cut_dir))
-    assert mb["status"] == "done"
-    assert [h["val_acc1"] for h in ma["history"]] == [h["val_acc1"] for h in mb["history"]]
-    assert (ma["best_acc1"], ma["final_acc1"]) == (mb["best_acc1"], mb["final_acc1"])
+    assert_resumed_run_matches(full_dir, cut_dir, steps=40)
     assert not list(workdir.glob("outputs"))  # resumed in its own folder, no new run folder
 
 

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from attnexp.config.blame import blamed
+from attnexp.errors import require
 from attnexp.layers.value_maps import scheduled_maps
 from attnexp.pack.module import PackedModule
 from attnexp.train.callbacks import AtomicCheckpointIO
@@ -247,9 +248,9 @@ def channels_last_tokenizer(model: torch.nn.Module) -> torch.nn.Module:
 def make_optimizer(cfg: DictConfig, on_gpu: bool):
     """The optimizer partial. fused=null means the fused kernel on a GPU (one launch per step, not
     one per parameter tensor) and torch's default elsewhere; true/false are taken as given."""
-    if on_gpu and "fused" in cfg.optimizer and cfg.optimizer.fused is None:
-        return instantiate(cfg.optimizer, fused=True)
-    return instantiate(cfg.optimizer)
+    require(cfg.optimizer.lr > 0, "lr", cfg.optimizer.lr, "must be > 0 (at 0 the run cannot learn)")
+    fused = on_gpu and "fused" in cfg.optimizer and cfg.optimizer.fused is None
+    return instantiate(cfg.optimizer, **({"fused": True} if fused else {}))
 
 
 def make_trainer(

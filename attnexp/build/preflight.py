@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from attnexp.build.objects import build_alpha, build_backbone, build_data, example_input, make_trainer
+from attnexp.build.objects import build_alpha, build_backbone, build_data, example_input, make_optimizer, make_trainer
 from attnexp.config.blame import blamed
 from attnexp.data.files import DataMissingError
 from attnexp.errors import ConfigError
@@ -67,9 +67,8 @@ def meta_forward(cfg: DictConfig, model: nn.Module) -> None:
 
 
 def check_optimization(cfg: DictConfig) -> None:
-    params = [nn.Parameter(torch.zeros(1))]
     with blamed("optimizer", cfg.optimizer):
-        optimizer = instantiate(cfg.optimizer)(params)
+        optimizer = make_optimizer(cfg, on_gpu=False)([nn.Parameter(torch.zeros(1))])
     if cfg.get("scheduler"):
         with blamed("scheduler", cfg.scheduler):
             instantiate(cfg.scheduler)(optimizer)
