@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo lint test test-all bench gpu-wheels gpu-check clean
+.PHONY: install demo lint test test-slow test-all bench gpu-wheels gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
+
+# the `slow` tier alone (CI runs it after `make test`)
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow -p no:cacheprovider
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -24,6 +24,32 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared is absent (a user's clone)")
 
+# Under CI=true (CI sets it; .ci/run too) a skip is a failure, except a test marked `gpu` (CUDA-only):
+# CI has ../shared and every dev extra, so a skip there is a test that silently did not run.
+# A user's `make test` keeps skipping politely.
+STRICT_SKIPS = os.environ.get("CI") == "true"
+
+
+def _fail_skip(report, node) -> None:
+    if STRICT_SKIPS and report.skipped and not hasattr(report, "wasxfail") and node.get_closest_marker("gpu") is None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true (only `gpu` tests may skip there): {reason}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    _fail_skip(report, item)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    report = yield  # a module-level skip (importorskip): a collection error under CI
+    _fail_skip(report, collector)
+    return report
+
 
 def compose(*overrides: str):
     """The config `attnexp <overrides>` would run with (types and cross-object rules checked)."""
