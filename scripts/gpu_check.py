@@ -1,5 +1,7 @@
-"""The five-minute GPU check (`make gpu-check OUT=folder`): every step writes its result into OUT as
-soon as it ends, so a check cut short still reports what it measured.
+"""The GPU check (`make gpu-check OUT=folder`): every step writes its result into OUT as soon as it
+ends, so a check cut short still reports what it measured. Each of its 5 steps (6 with --compile) is
+cut off after --step-timeout seconds (default 120), so it ends within about 10 minutes (12) after the
+install; how long it really takes is not measured yet: no GPU has run it.
 
 1. the tests marked `gpu` (bf16, CUDA AutoAugment mask path, device-resident loader, fused AdamW,
    a pack of 4 against its unpacked runs)              → OUT/1_gpu_tests.txt

@@ -1,14 +1,55 @@
-"""Every seed-000/001 preset as a real Hydra multirun, shrunk (debug=tiny, one seed, two α values)."""
+"""Every seed-000/001 preset as a real Hydra multirun, shrunk (debug=tiny, one seed, two α values); every
+preset's header states its expected time."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
-from conftest import attnexp_main
+from conftest import REPO, attnexp_main
 
 import attnexp
+
+PRESETS = sorted((REPO / "conf" / "experiment").glob("*.yaml"))
+EXPECTED_TIME = re.compile(
+    r"# Expected time: (?P<duration>[^()]*?\d[^()]*?) on (?P<machine>[^()]+?) \((?P<kind>measured|estimated): (?P<how>.+)\)"
+)
+
+
+def expected_time_lines(text: str) -> list[re.Match | str]:
+    """The header's (the comments before the first yaml line) `# Expected time:` lines, parsed where well-formed."""
+    lines = text.splitlines()
+    header = lines[: next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))]
+    lines = [line for line in header if line.startswith("# Expected time")]
+    return [EXPECTED_TIME.fullmatch(line) or line for line in lines]
+
+
+def test_the_header_check_tells_a_well_formed_line_from_others():
+    good = "# Expected time: ~1 min on a 2-core CPU (measured: attnexp experiment=demo)"
+    assert isinstance(expected_time_lines(f"# @package _global_\n{good}\ndefaults: []\n")[0], re.Match)
+    for bad in (
+        "# Expected time (estimated, not measured): ~3–5 min per job on one H100.",  # the old free-form line
+        "# Expected time: seconds on a GPU (estimated: it is small)",  # no number
+        "# Expected time: ~1 min on a 2-core CPU",  # neither measured nor estimated
+    ):
+        assert expected_time_lines(f"{bad}\ndefaults: []\n") == [bad]
+    assert expected_time_lines(f"defaults: []\n{good}\n") == []  # below the header: not the header's
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_every_preset_states_its_expected_time(preset):
+    """One `# Expected time: <duration> on <machine> (measured: <command> | estimated: <how>)` header line."""
+    (line,) = expected_time_lines(preset.read_text())
+    assert isinstance(line, re.Match), f"{preset.name}: not well-formed: {line}"
+    assert re.search(r"\d\s*(s|min|h)\b", line["duration"]), line["duration"]
+    if line["kind"] == "measured":
+        assert line["how"].startswith("attnexp ") and f"experiment={preset.stem}" in line["how"], line["how"]
+
+
+def test_the_presets_are_found():  # an empty glob would leave the test above with nothing to check
+    assert {"demo", "text_demo", "seed003_vit", "convnn_ablation"} <= {p.stem for p in PRESETS}
 
 
 def job_dirs(workdir):
