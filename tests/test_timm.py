@@ -137,3 +137,31 @@ def test_a_short_remix_fine_tune_runs_through_the_cli(tmp_path):
 
     assert report([str(run_dir), "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "alpha.png").is_file()
+
+
+def test_pretrained_true_reads_timms_cache_first_and_asks_an_unreachable_hub_once(tmp_path, monkeypatch):
+    """model.pretrained=true: weights in the hub's cache load as a file, without asking the hub; not
+    cached, one short probe of an unreachable hub gives the one line at once (no client retries)."""
+    import socket
+
+    import huggingface_hub
+
+    import attnexp
+
+    path, reference = save_random(tmp_path, "vit_tiny_patch16_224", num_classes=1000, depth=2)
+    asked = []
+    monkeypatch.setattr(
+        socket, "create_connection", lambda *a, **k: asked.append(a) or (_ for _ in ()).throw(OSError())
+    )
+    monkeypatch.setattr(
+        huggingface_hub, "try_to_load_from_cache", lambda repo, f: path if f == "model.safetensors" else None
+    )
+    model = attnexp.build_model(["model=timm", "+model.kwargs.depth=2", "model.pretrained=true"])
+    assert not asked and model.weights["file"] == path
+    assert torch.equal(model.net.patch_embed.proj.weight, reference.patch_embed.proj.weight)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, f: None)
+    from attnexp.errors import StartupError
+
+    with pytest.raises(StartupError, match="cannot be fetched: not cached, huggingface.co unreachable"):
+        attnexp.build_model(["model=timm", "+model.kwargs.depth=2", "model.pretrained=true"])
+    assert len(asked) == 1

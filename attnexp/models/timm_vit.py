@@ -17,8 +17,10 @@ timm's under `net.` (`net.blocks.0.attn.qkv.weight`, ...).
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 from typing import Any, Callable
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -33,6 +35,25 @@ def import_timm():
     except ImportError:
         raise ImportError("needs timm: pip install 'attnexp[timm]'") from None
     return timm
+
+
+def cached_weights(name: str) -> str | None:
+    """timm's cached weights file for `name`, else None once the hub answers (asked then by timm). When
+    it does not answer (one 3 s probe), one line at once: its client would retry for about a minute."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    repo = getattr(import_timm().models.get_pretrained_cfg(name), "hf_hub_id", None)
+    found = [try_to_load_from_cache(repo, f) for f in ("model.safetensors", "pytorch_model.bin")] if repo else []
+    if any(isinstance(f, str) for f in found):
+        return next(f for f in found if isinstance(f, str))
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError:
+        require(
+            False, "pretrained", True, f"timm's weights for {name} cannot be fetched: not cached, {host} unreachable"
+        )
+    return None
 
 
 def head_rows(path: str) -> int | None:
@@ -163,8 +184,10 @@ class TimmViT(nn.Module):
         """Where the weights come from (recorded in metrics.json); points timm's loader at a local file."""
         if not pretrained:
             return None
-        if pretrained is True:
-            return {"name": name, "source": "timm"}
+        if pretrained is True:  # timm's cache first: loaded as a file, the hub is not asked
+            pretrained = cached_weights(name)
+            if pretrained is None:
+                return {"name": name, "source": "timm"}
         require(os.path.isfile(pretrained), "pretrained", pretrained, "no such file")
         rows = head_rows(pretrained)
         # timm keeps the file's head only when it matches num_classes (else re-initialises it)

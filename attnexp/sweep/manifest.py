@@ -103,15 +103,10 @@ def format_summary(sweep_dir: str, states: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
-def summarize(sweep_dir: str, since: float | None) -> list[tuple[str, str, str]]:
-    states = sweep_states(sweep_dir, since)
-    print(format_summary(sweep_dir, states), flush=True)
-    return states
-
-
 def finish(sweep_dir: str, started: float, resume_command: str) -> int:
     """The sweep's exit code: 1 when any job is not done (failed or incomplete), printing how to resume."""
-    states = summarize(sweep_dir, started)
+    states = sweep_states(sweep_dir, started)
+    print(format_summary(sweep_dir, states), flush=True)
     left = [s for s in states if s[1] not in DONE_STATES]
     if not left:
         return 0
@@ -132,6 +127,3 @@ def use_platform_start_method() -> None:
     start DataLoader workers; put back the platform's own (fork on Linux) for this job's process."""
     if multiprocessing.get_start_method(allow_none=True) == "loky":
         multiprocessing.set_start_method(multiprocessing.get_all_start_methods()[0], force=True)
-
-
-# ---------------------------------------------------------------- the dry run

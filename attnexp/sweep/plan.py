@@ -17,8 +17,6 @@ from attnexp.errors import ConfigError, StartupError
 from attnexp.sweep.manifest import read_manifest
 from attnexp.train.rundir import claim_dir, read_metrics
 
-# ---------------------------------------------------------------- overrides
-
 
 def parse_overrides(overrides: list[str]) -> list:
     """Hydra's parse of each override; a syntax error names the override it is in."""

@@ -29,13 +29,7 @@ from attnexp.build.objects import (
     seed_and_threads,
 )
 from attnexp.train.callbacks import GracefulStop, RunRecorder, StopRequested
-from attnexp.train.lifecycle import (
-    Lifecycle,
-    RunFailed,
-    failure_message,
-    inference_timing,
-    trainable_parameters,
-)
+from attnexp.train.lifecycle import Lifecycle, RunFailed, failure_message, inference_timing, trainable_parameters
 from attnexp.train.module import ClassifierModule, NonFiniteLoss
 from attnexp.train.rundir import RunRecord
 

@@ -13,6 +13,8 @@ from importlib import metadata
 from pathlib import Path
 
 STATUSES = ("running", "done", "failed", "diverged", "interrupted")
+# whose versions a run records (what decides its numbers, and where it ran)
+RECORDED_PACKAGES = "attnexp torch torchvision pytorch-lightning hydra-core omegaconf tensorboard timm".split()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -86,16 +88,7 @@ def provenance(run_dir: str | os.PathLike) -> dict:
     if diff:
         atomic_write_text(Path(run_dir) / "git.diff", diff)
     versions = {}
-    for pkg in (
-        "attnexp",
-        "torch",
-        "torchvision",
-        "pytorch-lightning",
-        "hydra-core",
-        "omegaconf",
-        "tensorboard",
-        "timm",
-    ):
+    for pkg in RECORDED_PACKAGES:
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
