@@ -38,3 +38,4 @@ def test_no_logger_trains_without_tensorboard_files(workdir):
     assert metrics["status"] == "done" and metrics["epochs"] == 1
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert not (run / "tb").exists() and not list(run.rglob("events.out.tfevents.*"))
+    assert f"run directory: {run}" in proc.stdout and "tensorboard --logdir" not in proc.stdout  # none to point at

@@ -89,7 +89,7 @@ def train(cfg: DictConfig) -> dict:
     metrics = life.done(test_acc1, zero, **timing)
     if zero:
         print(f"best top-1: {metrics['best_acc1']:.2f}, final top-1: {metrics['final_acc1']:.2f}")
-        print(f"run directory: {run_dir}\nTensorBoard:   tensorboard --logdir {run_dir}")
+        print(f"run directory: {run_dir}" + (f"\nTensorBoard:   tensorboard --logdir {run_dir}" if logger else ""))
     return metrics
 
 
