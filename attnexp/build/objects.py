@@ -152,6 +152,10 @@ def load_weights(model: nn.Module, path: str, key: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def build_alpha(cfg: DictConfig):
     node = cfg.get("alpha")
     if not node or not node.get("_target_"):

@@ -54,7 +54,7 @@ def measure(cfg: DictConfig, pack: int = 1, probe_batch: int | None = None) -> d
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(objects.example_input(cfg, model, 1))  # one image, or one text's word ids
     model.train()
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    params = objects.trainable_parameters(model)
     if pack > 1:  # K members, each its own data: one vectorised step (attnexp.pack.module)
         models = [model] + [objects.build_model(cfg) for _ in range(pack - 1)]
         module = objects.build_pack([cfg] * pack, models)

@@ -304,11 +304,11 @@ def training_memory(model_name: str, attention: str, batch: int, data_overrides)
     CPU with the explicit attention, whose saved maps make it the larger of the two paths)."""
     import torch
 
-    from attnexp.build.objects import build_model
+    from attnexp.build.objects import build_model, trainable_parameters
 
     cfg = compose(model_name, attention, "attention.impl=explicit", *data_overrides)
     model = build_model(cfg).train()
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    params = trainable_parameters(model)
     seen: dict[tuple, int] = {}
 
     def pack(t):

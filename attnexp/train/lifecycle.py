@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from attnexp.build.objects import CheckpointError, on_gpu, weights_source
+from attnexp.build.objects import CheckpointError, on_gpu, trainable_parameters, weights_source
 from attnexp.config.compose import is_bookkeeping
 from attnexp.errors import StartupError
 from attnexp.train.rundir import RunRecord, provenance
@@ -28,10 +28,6 @@ class RunFailed(Exception):
     def __init__(self, status: str, message: str, exit_code: int = 1):
         self.status, self.exit_code = status, exit_code
         super().__init__(message)
-
-
-def trainable_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def device_name(gpu: bool) -> str:

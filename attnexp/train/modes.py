@@ -27,9 +27,10 @@ from attnexp.build.objects import (
     make_trainer,
     read_checkpoint,
     seed_and_threads,
+    trainable_parameters,
 )
 from attnexp.train.callbacks import GracefulStop, RunRecorder, StopRequested
-from attnexp.train.lifecycle import Lifecycle, RunFailed, failure_message, inference_timing, trainable_parameters
+from attnexp.train.lifecycle import Lifecycle, RunFailed, failure_message, inference_timing
 from attnexp.train.module import ClassifierModule, NonFiniteLoss
 from attnexp.train.rundir import RunRecord
 
