@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -165,3 +167,21 @@ def test_pretrained_true_reads_timms_cache_first_and_asks_an_unreachable_hub_onc
     with pytest.raises(StartupError, match="cannot be fetched: not cached, huggingface.co unreachable"):
         attnexp.build_model(["model=timm", "+model.kwargs.depth=2", "model.pretrained=true"])
     assert len(asked) == 1
+
+
+def test_unreachable_pretrained_weights_are_said_before_lightning_is_imported(tmp_path):
+    """The one line comes from the torch-free checks plus timm, before the preflight imports Lightning
+    (≈ 4 s of a 5 s budget); nothing else reaches the console and no run folder is made."""
+    probe = (
+        "import sys\nfrom attnexp.cli import main\ntry:\n    main(['model=timm', 'model.pretrained=true', 'data=fake'])\n"
+        "except SystemExit as e:\n    print(e.code, 'pytorch_lightning' in sys.modules)"
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "https://127.0.0.1"}  # nothing cached, refused
+    env.pop("HF_HUB_OFFLINE", None)
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "attnexp: error: model.pretrained=true: timm's weights for vit_tiny_patch16_224 cannot be fetched: "
+        "not cached, 127.0.0.1 unreachable"
+    ]
+    assert not (tmp_path / "outputs").exists()

@@ -180,6 +180,12 @@ class TimmViT(nn.Module):
             replace_attention(self.net, attn_layer)
 
     @staticmethod
+    def check_source(node: Any) -> None:
+        """Weights that cannot be had, said before the run imports Lightning (attnexp.sweep.plan.check_job)."""
+        if node.get("pretrained") is True:
+            cached_weights(node.name)
+
+    @staticmethod
     def _weights(name: str, pretrained: Any, options: dict) -> dict | None:
         """Where the weights come from (recorded in metrics.json); points timm's loader at a local file."""
         if not pretrained:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from attnexp.config.blame import blamed
 from attnexp.config.compose import compose, config_loader, hydra_config, set_hydra_key, split_hydra
 from attnexp.errors import ConfigError, StartupError
 from attnexp.sweep.manifest import read_manifest
@@ -176,7 +177,22 @@ def check_job(cfg: DictConfig) -> DictConfig:
     with hydra_config(cfg):
         body, choices = split_hydra(cfg)
         validate(body, choices)
+        check_source(body.model)
         from attnexp.build.preflight import check_built  # torch: only once the torch-free checks passed
 
         check_built(body, choices)
     return body
+
+
+def check_source(model: DictConfig | None) -> None:
+    """A model class's own `check_source(node)` (timm: its pretrained weights cached or the hub
+    reachable), before the preflight imports Lightning: an unreachable hub is said within seconds."""
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(model._target_)
+    except Exception:  # no model, or a bad _target_: the preflight names it
+        return
+    if hasattr(cls, "check_source"):
+        with blamed("model", model):
+            cls.check_source(model)
