@@ -15,6 +15,7 @@ import time
 from importlib.resources import files
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from scipy.stats import t as student_t
@@ -78,9 +79,11 @@ def make_run(
     all_choices = {"model": "cct2", "data": "fake", "seqpool": "x"} | (choices or {})
     all_choices |= {k: v for k, v in (o.split("=", 1) for o in overrides) if "." not in k}
     (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": all_choices}}}))
+    accs = None if accs is None else [float(np.float32(a)) for a in accs]  # what TensorBoard keeps
     if accs is not None:
         write_events(run / "tb", lightning_rows(accs, LOSS[: len(accs)]))
     m = {"status": status, "epochs": len(accs or []), "wall_time_s": 3.0 * len(accs or []), "params": 283_723}
+    m |= {"best_acc1": max(accs), "final_acc1": accs[-1]} if accs else {}  # as a real run: the curve's max and last
     (run / "metrics.json").write_text(json.dumps(m | (metrics or {})))
     return run
 
@@ -108,12 +111,29 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
     return diff, diff - half, diff + half
 
 
-def test_table_statistics_and_welch_interval(sweep, tmp_path, capsys):
+def paired(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """The paired t-interval for mean(a − b), written out: n − 1 degrees of freedom."""
+    d = np.subtract(a, b)
+    half = student_t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return d.mean(), d.mean() - half, d.mean() + half
+
+
+def from_metrics(root: Path, group: str, seeds) -> dict[str, list[float]]:
+    """best_acc1 and final_acc1 of a group's runs at the seeds, from their metrics.json."""
+    got = [json.loads((root / group / f"seed_{s}" / "metrics.json").read_text()) for s in seeds]
+    return {which: [m[f"{which}_acc1"] for m in got] for which in ("best", "final")}
+
+
+def assert_interval(row: dict, which: str, expected: tuple[float, float, float]) -> None:
+    got = [float(row[f"d_{which}{end}"]) for end in ("", "_low", "_high")]
+    assert got == pytest.approx(list(expected), rel=1e-6), which
+
+
+def test_table_statistics_and_paired_interval(sweep, tmp_path, capsys):
     out = tmp_path / "out"
     assert report.main([str(sweep), "--baseline", "seqpool=x", "--out", str(out)]) == 0
     rows = read_csv(out / "report.csv")
     assert set(rows) == {"seqpool=x", "seqpool=softmax", "seqpool=shift"}
-    base_best = [max(c) for c in CURVES["x"].values()]
     for seqpool, seeds in CURVES.items():
         row = rows[f"seqpool={seqpool}"]
         best, final = [max(c) for c in seeds.values()], [c[-1] for c in seeds.values()]
@@ -124,20 +144,140 @@ def test_table_statistics_and_welch_interval(sweep, tmp_path, capsys):
         assert float(row["final_mean"]) == pytest.approx(statistics.mean(final))
         assert float(row["final_std"]) == pytest.approx(statistics.stdev(final))
         assert float(row["s_per_epoch"]) == pytest.approx(3.0)
-        if seqpool != "x":
-            diff, low, high = welch(best, base_best)
-            assert float(row["d_best"]) == pytest.approx(diff)
-            assert float(row["d_best_low"]) == pytest.approx(low, rel=1e-6)
-            assert float(row["d_best_high"]) == pytest.approx(high, rel=1e-6)
-    assert rows["seqpool=x"]["verdict_best"] == "baseline"
+        if seqpool != "x":  # the runs share seeds 0-2: paired, from each run's metrics.json
+            mine, base = (
+                from_metrics(sweep, f"data=fake,seqpool={seqpool}", (0, 1, 2)),
+                from_metrics(sweep, "data=fake,seqpool=x", (0, 1, 2)),
+            )
+            for which in ("best", "final"):
+                assert_interval(row, which, paired(mine[which], base[which]))
+                assert row[f"interval_{which}"] == "t"
+            assert (row["pairing"], row["n_pairs"], row["stopped"], row["no_spread"]) == ("paired", "3", "", "false")
+    assert rows["seqpool=x"]["verdict_best"] == "baseline" and rows["seqpool=x"]["pairing"] == ""
     assert rows["seqpool=softmax"]["verdict_best"] == "better"  # ~10 points apart, stds ~1
     assert rows["seqpool=shift"]["verdict_best"] == "can't tell"  # means 71.0 vs 71.3, stds ~2
     text = (out / "report.md").read_text()
-    assert "Welch" in text and "95" in text
+    assert "| paired, 3 seeds |" in text and "2 comparisons, 2 intervals: each covers 95 % on its own" in text
+    assert "Welch" not in text and "Stein" not in text
     assert text.index("| seqpool=x |") < text.index("| seqpool=softmax |")  # the baseline row leads
     assert capsys.readouterr().out.startswith("# attnexp report")
-    png = out / "curves.png"
-    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    for png in (out / "curves.png", out / "diff.png"):
+        assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert "![diff](diff.png)" in text
+
+
+def test_groups_without_shared_seeds_get_welch(tmp_path):
+    root = tmp_path / "s"
+    base = {0: [60.0, 70.0], 1: [62.0, 71.0], 2: [59.0, 69.5]}
+    other = {3: [64.0, 73.0], 4: [61.0, 74.5], 5: [65.0, 72.0]}
+    for seqpool, seeds in (("x", base), ("softmax", other)):
+        for seed, accs in seeds.items():
+            make_run(root, [f"seqpool={seqpool}"], seed, accs)
+    out = tmp_path / "out"
+    assert report.main([str(root), "--baseline", "seqpool=x", "--out", str(out)]) == 0
+    row = read_csv(out / "report.csv")["seqpool=softmax"]
+    mine, theirs = from_metrics(root, "seqpool=softmax", other), from_metrics(root, "seqpool=x", base)
+    for which in ("best", "final"):
+        assert_interval(row, which, welch(mine[which], theirs[which]))
+        assert row[f"interval_{which}"] == "welch"
+    assert (row["pairing"], row["n_pairs"], row["stopped"]) == ("welch", "0", "")
+    text = (out / "report.md").read_text()
+    assert "| Welch |" in text and "Welch-t interval" in text and "paired:" not in text
+    assert not (out / "diff.png").exists()  # nothing paired
+
+
+def test_a_run_that_did_not_finish_drops_its_pair_and_the_report_says_so(tmp_path):
+    root = tmp_path / "s"
+    x = {0: [60.0, 70.0], 1: [62.0, 71.0], 2: [59.0, 69.5], 3: [1e9], 5: [61.0, 70.0]}
+    softmax = {0: [64.0, 73.0], 1: [50.0], 2: [65.0, 70.0], 3: [61.0, 72.5], 6: [60.0, 75.0]}
+    for seed, accs in x.items():
+        make_run(root, ["seqpool=x"], seed, accs, **({"status": "diverged", "metrics": {"reason": "loss is NaN"}} if seed == 3 else {}))  # fmt: skip
+    for seed, accs in softmax.items():
+        make_run(root, ["seqpool=softmax"], seed, accs, **({"status": "failed", "metrics": {"reason": "OOM"}} if seed == 1 else {}))  # fmt: skip
+    # softmax seed 4 was planned, never started; x seed 4 finished
+    make_run(root, ["seqpool=x"], 4, [63.0, 72.0])
+    jobs = [{"overrides": ["seqpool=softmax", "seed=4"], "dir": "seqpool=softmax/seed_4"}]
+    (root / "sweep.json").write_text(json.dumps({"command": "attnexp -m ...", "jobs": jobs}))
+    out = tmp_path / "out"
+    assert report.main([str(root), "--baseline", "seqpool=x", "--out", str(out)]) == 0
+    row = read_csv(out / "report.csv")["seqpool=softmax"]
+    # pairs at the seeds both finished (0, 2); 5 and 6 are on one side only: no pair, none dropped
+    mine, theirs = from_metrics(root, "seqpool=softmax", (0, 2)), from_metrics(root, "seqpool=x", (0, 2))
+    for which in ("best", "final"):
+        assert_interval(row, which, paired(mine[which], theirs[which]))
+    assert (row["pairing"], row["n_pairs"]) == ("paired", "2")
+    text = (out / "report.md").read_text()
+    assert "| paired, 2 seeds, 3 pairs dropped |" in text
+    section = text[text.index("## Pairs dropped (3)") :]
+    for seed, why in [(1, "seqpool=softmax: failed: OOM"), (3, "seqpool=x: diverged: loss is NaN"),
+                      (4, "seqpool=softmax: not started: the launcher never started it")]:  # fmt: skip
+        assert f"| seqpool=softmax | seqpool=x | {seed} | {why} |" in section
+
+
+def adaptive_sweep(root: Path, metric: str = "val/acc1") -> dict[str, dict]:
+    """seqpool=x the baseline to 7 seeds; softmax sized to N = 7 (s₀ = 0.8 from 5 pilot pairs); shift
+    stopped at the pilot, its pilot's differences in best without spread (s₀ = 0)."""
+    rng = np.random.default_rng(0)
+    auto = "sweep.seeds=auto"
+    for seed in range(7):
+        base = [60.0 + rng.normal(), 70.0 + rng.normal(), 69.0]
+        make_run(root, ["seqpool=x", auto], seed, base)
+        make_run(root, ["seqpool=softmax", auto], seed, [b + rng.normal(1, 2) for b in base])
+        if seed < 5:  # best 0.5 above the baseline's at every seed; final spreads
+            make_run(root, ["seqpool=shift", auto], seed, [base[0], base[1] + 0.5, 69.0 - 0.3 * seed])
+    comparison = {"baseline_overrides": ["seqpool=x", auto], "pairs": 5, "stopped": "precision", "dropped": []}
+    adaptive = {"pilot": 5, "max_seeds": 20, "precision": 1.0, "metric": "val/acc1", "statistic": "best"}
+    adaptive |= {"baseline": {"seqpool": "x"}, "comparisons": [
+        comparison | {"overrides": ["seqpool=softmax", auto], "s0": 0.8, "n": 7},
+        comparison | {"overrides": ["seqpool=shift", auto], "s0": 0.0, "n": 5},
+    ]}  # fmt: skip
+    (root / "sweep.json").write_text(json.dumps({"command": "attnexp -m ...", "jobs": [], "adaptive": adaptive}))
+    # no --baseline: sweep.json's
+    assert report.main([str(root), "--metric", metric, "--out", str(root / f"out_{metric[:3]}")]) == 0
+    return read_csv(root / f"out_{metric[:3]}" / "report.csv")
+
+
+def test_stein_interval_on_the_sized_statistic_of_an_adaptive_sweep(tmp_path):
+    root = tmp_path / "auto"
+    rows = adaptive_sweep(root)
+    base = from_metrics(root, "seqpool=x,sweep.seeds=auto", range(7))
+    sized = rows["seqpool=softmax"]
+    mine = from_metrics(root, "seqpool=softmax,sweep.seeds=auto", range(7))
+    d = np.mean(np.subtract(mine["best"], base["best"]))
+    half = student_t.ppf(0.975, 5 - 1) * 0.8 / math.sqrt(7)  # pilot pairs − 1 df, sweep.json's s₀, √N
+    assert_interval(sized, "best", (d, d - half, d + half))
+    assert_interval(sized, "final", paired(mine["final"], base["final"]))  # not sized: ordinary paired t
+    assert [sized[k] for k in ("interval_best", "interval_final", "n_pairs", "stopped", "no_spread")] == [
+        "stein", "t", "7", "precision", "false"]  # fmt: skip
+    flat = rows["seqpool=shift"]
+    mine = from_metrics(root, "seqpool=shift,sweep.seeds=auto", range(5))
+    assert_interval(flat, "best", (0.5, 0.5, 0.5))
+    assert_interval(flat, "final", paired(mine["final"], base["final"][:5]))
+    assert (flat["interval_best"], flat["no_spread"], flat["n_pairs"]) == ("stein", "true", "5")
+    text = (root / "out_val" / "report.md").read_text()
+    assert "| Stein on best, paired t on final, 7 seeds, stopped: precision |" in text
+    assert "| Stein on best, paired t on final, 5 seeds, stopped: precision, no spread in pilot |" in text
+    assert "averaged over the pilot's outcomes" in text and "not for one variant taken alone given its N" in text
+    # the sweep sized val/acc1: on another metric its intervals are ordinary paired t
+    other = adaptive_sweep(tmp_path / "loss", "train/loss")["seqpool=softmax"]
+    assert (other["interval_best"], other["interval_final"], other["stopped"]) == ("t", "t", "precision")
+
+
+def test_diff_band_per_epoch_is_a_paired_t_over_the_pairs_that_reached_it():
+    def run(*accs):
+        return report.ReportRun(Path("r"), "done", curves={"val/acc1": dict(enumerate(accs, 1))})
+
+    variant = [run(60.0, 71.0, 72.0), run(61.0, 70.0), run(59.5, 72.5, 71.0)]  # the 2nd stopped after epoch 2
+    base = [run(58.0, 70.0, 70.5), run(60.0, 68.5, 69.0), run(59.0, 70.0, 70.0)]
+    epochs, bands = report.epoch_differences(list(zip(variant, base)), "val/acc1")
+    assert epochs == [1, 2, 3]
+    for e, band in zip(epochs, bands.T):
+        reached = [
+            (a.curves["val/acc1"][e], b.curves["val/acc1"][e])
+            for a, b in zip(variant, base)
+            if e in a.curves["val/acc1"]
+        ]
+        assert list(band) == pytest.approx(paired(*zip(*reached)))
 
 
 def test_worse_verdict_and_loss_metric_direction(tmp_path):

@@ -31,7 +31,8 @@ CONFIG_MODULE = "attnexp.conf"
 BOOKKEEPING_KEYS = (
     "seed", "ckpt_path", "experiment", "data.root", "data.num_workers", "data.download",
     "paths.data_dir", "paths.output_dir", "compute.num_threads", "trainer.enable_progress_bar", "sweep.resume", "sweep.dry_run", "sweep.swept",
-    "sweep.pack", "sweep.members",
+    "sweep.pack", "sweep.members", "sweep.seeds", "sweep.pilot", "sweep.max_seeds", "sweep.precision", "sweep.metric",
+    "sweep.statistic", "sweep.baseline",
 )  # fmt: skip
 BOOKKEEPING_PREFIXES = ("hydra.", "hydra/", "sweep.", "paths.", "timing.")
 

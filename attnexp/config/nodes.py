@@ -21,6 +21,15 @@ class Pack(Choice):  # what a pack's members may differ in
     alpha = "alpha"
 
 
+class Seeds(Choice):
+    auto = "auto"  # Stein's two-stage sweep: as many seeds as sweep.precision needs (attnexp/sweep/adaptive.py)
+
+
+class Statistic(Choice):
+    best = "best"  # the best epoch's value of sweep.metric
+    final = "final"  # the last epoch's
+
+
 @dataclass
 class PathsSchema:
     data_dir: str = "data"
@@ -52,6 +61,15 @@ class SweepSchema:
     swept: List[str] = field(default_factory=list)  # set by the CLI: the keys this sweep varies
     pack: Optional[Pack] = None  # train the jobs that differ only in it as one vectorised job
     members: List[int] = field(default_factory=list)  # set by attnexp: a pack's jobs (places in sweep.json)
+    # sweep.seeds=auto (docs/sweeps.md): a pilot of seeds 0..pilot-1, then each variant to the N its
+    # paired differences with the baseline need for a 95 % interval of half-width `precision`
+    seeds: Optional[Seeds] = None
+    pilot: int = 5
+    max_seeds: int = 20
+    precision: Optional[float] = None  # in points of `statistic` of the TensorBoard tag `metric`
+    metric: str = "val/acc1"
+    statistic: Statistic = Statistic.best
+    baseline: Any = None  # the baseline's choices: 'sweep.baseline={seqpool:x}'
 
 
 @dataclass

@@ -133,16 +133,17 @@ def job_seconds(measured: dict, cfg: DictConfig) -> float:
     return measured["s_per_image"] * (t.max_epochs * _images(cfg, True) + evaluations * _images(cfg, False) / 3)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.0f}s"
     minutes = seconds / 60
     return f"{minutes:.0f}min" if minutes < 60 else f"{int(minutes // 60)}h{int(minutes % 60):02d}"
 
 
-def dry_run(sweep_dir: str, jobs: list[tuple[Job, DictConfig]], packs: list[list[int]] | None = None) -> None:
+def dry_run(sweep_dir: str, jobs: list[tuple[Job, DictConfig]], packs: list[list[int]] | None = None) -> float:
     """List the jobs, their folders and an estimated time each (and the packs: which jobs train
-    together, each pack's time from a timed packed step); run and create nothing."""
+    together, each pack's time from a timed packed step); run and create nothing. Returns the
+    estimated seconds one job at a time."""
     print(f"[dry run] sweep folder: {sweep_dir}  ({len(jobs)} jobs; nothing is run or written)")
     cache: dict = {}  # model shape (and pack size) → its measurement
     rows = []
@@ -158,13 +159,13 @@ def dry_run(sweep_dir: str, jobs: list[tuple[Job, DictConfig]], packs: list[list
     for i, d, est in rows:
         print(
             f"  {i:>3}  {d:<{width}}  {est['params']:>11,}  {est['gflops_per_image']:>10.3f}  "
-            f"{1 / est['s_per_image']:>8.0f}  {_duration(est['seconds'])}"
+            f"{1 / est['s_per_image']:>8.0f}  {duration(est['seconds'])}"
         )
     device = rows[0][2]["device"] if rows else "cpu"
     batch = f"{PROBE_BATCH}-image" if device == "cpu" else "full"
     total = sum(r[2]["seconds"] for r in rows)
     print(
-        f"  total ≈ {_duration(total)} one job at a time; rate: median of {TIMED_STEPS} timed {batch} train steps"
+        f"  total ≈ {duration(total)} one job at a time; rate: median of {TIMED_STEPS} timed {batch} train steps"
         f" per model on this machine ({device}). The machine that trains decides the real time."
     )
     if packs:
@@ -178,5 +179,6 @@ def dry_run(sweep_dir: str, jobs: list[tuple[Job, DictConfig]], packs: list[list
             measured = cache[key, len(members)] if len(members) > 1 else rows[members[0]][2]
             seconds = job_seconds(measured, cfg)
             pack_total += seconds
-            print(f"  pack {n}: jobs {', '.join(map(str, members))} together, est. {_duration(seconds)}")
-        print(f"  total ≈ {_duration(pack_total)} one pack at a time (a timed packed step of each pack's size)")
+            print(f"  pack {n}: jobs {', '.join(map(str, members))} together, est. {duration(seconds)}")
+        print(f"  total ≈ {duration(pack_total)} one pack at a time (a timed packed step of each pack's size)")
+    return total

@@ -20,14 +20,16 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from attnexp.config.compose import compose, config_loader, hydra_config, set_hydra_key
-from attnexp.errors import JobExit
-from attnexp.sweep import manifest
+from attnexp.errors import ConfigError, JobExit
+from attnexp.sweep import adaptive, manifest
 from attnexp.sweep.plan import (
     check_job,
     checkpoint_overrides,
+    compose_jobs,
     given,
     override_key,
     pack_jobs,
+    packs,
     parse_overrides,
     plan,
     release_dir,
@@ -52,6 +54,8 @@ def run(overrides: list[str]) -> dict | None:
     parse_overrides(overrides)  # a syntax error names its override
     overrides = checkpoint_overrides(overrides)
     cfg = compose(overrides, return_hydra_config=True, mode="RUN")
+    if cfg.sweep.seeds:
+        raise ConfigError("sweep.seeds", cfg.sweep.seeds, "an adaptive sweep runs with -m")
     check_job(cfg)
     if not given(overrides, "hydra.run.dir"):  # two runs started in the same second get _1, _2...
         with hydra_config(cfg):  # the name reads ${hydra:runtime.choices...}
@@ -70,32 +74,50 @@ def sweep(overrides: list[str]) -> int:
     from hydra.core.plugins import Plugins
     from hydra.core.utils import configure_log
 
-    from attnexp.sweep.estimate import dry_run
+    from attnexp.sweep.estimate import dry_run, duration
 
     started = time.time()
     master, jobs, grouped = plan(overrides)
     with hydra_config(master):
         sweep_dir = str(master.hydra.sweep.dir)
     if master.sweep.dry_run:
-        dry_run(sweep_dir, [(manifest.Job(o, d), cfg) for o, d, cfg in jobs], grouped)
+        one_at_a_time = dry_run(sweep_dir, [(manifest.Job(o, d), cfg) for o, d, cfg in jobs], grouped)
+        if master.sweep.seeds:
+            sw = master.sweep
+            print(f"  sweep.seeds=auto: above is stage 1 (seeds 0-{sw.pilot - 1}); in the worst case every "
+                  f"configuration runs sweep.max_seeds={sw.max_seeds} seeds: {len(jobs) * sw.max_seeds // sw.pilot} "
+                  f"jobs, ≈ {duration(one_at_a_time * sw.max_seeds / sw.pilot)} one job at a time")  # fmt: skip
         if not given(overrides, "hydra.sweep.dir"):
             release_dir(sweep_dir)
         return 0
     again = [o for o in overrides if override_key(o) not in ("hydra.sweep.dir", "sweep.resume")]
     resume = shlex.join(["attnexp", "-m"] + again + [f"hydra.sweep.dir={sweep_dir}", "sweep.resume=true"])
-    manifest.write_manifest(sweep_dir, [manifest.Job(o, d) for o, d, _ in jobs], command=os.environ["ATTNEXP_COMMAND"])
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
     OmegaConf.save(master, Path(sweep_dir) / "multirun.yaml")
-    launched = pack_jobs(sweep_dir, jobs, grouped) if grouped else [o for o, _, _ in jobs]
     configure_log(master.hydra.hydra_logging, master.hydra.verbose)
     launcher = Plugins.instance().instantiate_launcher(hydra_context=_context(), task_function=job, config=master)
-    launcher_failed = False
+    stopped = launch_stage(launcher, sweep_dir, jobs, grouped, 0)
+    if master.sweep.seeds and not stopped:
+        decided = adaptive.decide(sweep_dir, master, jobs)
+        if decided:
+            record, more = decided
+            stage_two = compose_jobs(master, more)
+            stopped = launch_stage(launcher, sweep_dir, stage_two, packs(master, stage_two), len(jobs))
+            print(adaptive.summary(record))
+    return manifest.finish(sweep_dir, started, resume) or int(stopped)
+
+
+def launch_stage(launcher, sweep_dir: str, jobs: list, grouped: list | None, first: int) -> bool:
+    """Add the jobs to sweep.json and run them (their packs with sweep.pack); whether the launcher stopped early."""
+    manifest.write_manifest(sweep_dir, [manifest.Job(o, d) for o, d, _ in jobs], command=os.environ["ATTNEXP_COMMAND"])
+    launched = pack_jobs(sweep_dir, jobs, grouped) if grouped else [o for o, _, _ in jobs]
     try:
-        launcher.launch(launched, initial_job_idx=0)
+        launcher.launch(launched, initial_job_idx=first)
     except Exception as e:  # a pool killed by SIGKILL: the summary says which jobs it did not finish
         print(f"attnexp: the launcher stopped early ({type(e).__name__}); jobs it did not finish are incomplete",
               file=sys.stderr)  # fmt: skip
-        launcher_failed = True
-    return manifest.finish(sweep_dir, started, resume) or int(launcher_failed)
+        return True
+    return False
 
 
 # ---------------------------------------------------------------- inside a job

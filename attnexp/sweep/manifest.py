@@ -32,20 +32,34 @@ class Job:
 
 
 def write_manifest(sweep_dir: str, jobs: list[Job], command: str) -> None:
-    """The sweep's job list; a resumed sweep with new jobs keeps the old ones too."""
-    path = Path(sweep_dir) / MANIFEST
+    """The sweep's job list; a resumed sweep with new jobs keeps the old ones too (and its other keys)."""
     known = {j.dir: j for j in read_manifest(sweep_dir)}
     known.update({j.dir: j for j in jobs})
-    body = {"command": command, "jobs": [asdict(j) for j in known.values()]}
-    atomic_write_text(path, json.dumps(body, indent=2) + "\n")
+    _update(sweep_dir, command=command, jobs=[asdict(j) for j in known.values()])
+
+
+def write_adaptive(sweep_dir: str, record: dict) -> None:
+    """sweep.seeds=auto's record: its settings, and per variant s₀, N and why it stopped."""
+    _update(sweep_dir, adaptive=record)
+
+
+def _update(sweep_dir: str, **keys) -> None:
+    atomic_write_text(Path(sweep_dir) / MANIFEST, json.dumps(_read(sweep_dir) | keys, indent=2) + "\n")
+
+
+def _read(sweep_dir: str | os.PathLike) -> dict:
+    try:
+        return json.loads((Path(sweep_dir) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def read_manifest(sweep_dir: str | os.PathLike) -> list[Job]:
-    try:
-        body = json.loads((Path(sweep_dir) / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return []
-    return [Job(**j) for j in body.get("jobs", [])]
+    return [Job(**j) for j in _read(sweep_dir).get("jobs", [])]
+
+
+def read_adaptive(sweep_dir: str | os.PathLike) -> dict | None:
+    return _read(sweep_dir).get("adaptive")
 
 
 # ---------------------------------------------------------------- job states

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from attnexp.config.blame import blamed
 from attnexp.config.compose import compose, config_loader, hydra_config, set_hydra_key, split_hydra
 from attnexp.errors import ConfigError, StartupError
+from attnexp.sweep import adaptive
 from attnexp.sweep.manifest import read_manifest
 from attnexp.train.rundir import claim_dir, read_metrics
 
@@ -90,6 +91,9 @@ def plan(overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str], str, D
     params = master.hydra.sweeper.get("params")
     params = OmegaConf.to_container(params) if params else {}
     task = [f"{k}={v}" for k, v in params.items()] + list(master.hydra.overrides.task)
+    if master.sweep.seeds:  # stage 1 of an adaptive sweep: the pilot's seeds
+        adaptive.check(master.sweep, [override_key(o) for o in task])
+        task.append(adaptive.pilot_seeds(master.sweep))
     parsed = parse_overrides(task)
     swept = [o.get_key_element() for o in parsed[len(params) :] if o.is_sweep_override()]
     swept += [o.get_key_element() for o in parsed[: len(params)] if o.get_key_element() not in swept]
@@ -99,20 +103,27 @@ def plan(overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str], str, D
         set_hydra_key(master, "hydra.sweep.dir", folder)
         with read_write(master.hydra.overrides):  # the jobs are composed with the sweep's hydra.* overrides
             master.hydra.overrides.hydra.append(f"hydra.sweep.dir={folder}")
-    jobs = []
     try:
-        for job_overrides in expand(parsed):
-            job_overrides.append(f"sweep.swept=[{','.join(swept)}]")
-            cfg = compose(job_overrides, return_hydra_config=True, master=master)
-            with hydra_config(cfg):  # the subdir reads ${hydra:job.override_dirname}
-                jobs.append((job_overrides, str(cfg.hydra.sweep.subdir), cfg))
-            check_job(cfg)
+        jobs = compose_jobs(master, [[*job, f"sweep.swept=[{','.join(swept)}]"] for job in expand(parsed)])
+        if master.sweep.seeds:
+            adaptive.baselines(jobs, OmegaConf.to_container(master.sweep.baseline))  # one must match
         grouped = packs(master, jobs)
     except StartupError:
         if not given(overrides, "hydra.sweep.dir"):
             release_dir(str(master.hydra.sweep.dir))
         raise
     return master, jobs, grouped
+
+
+def compose_jobs(master: DictConfig, job_overrides: list[list[str]]) -> list[tuple[list[str], str, DictConfig]]:
+    """Each job composed as its launcher will compose it, its folder, and checked (check_job)."""
+    jobs = []
+    for overrides in job_overrides:
+        cfg = compose(overrides, return_hydra_config=True, master=master)
+        with hydra_config(cfg):  # the subdir reads ${hydra:job.override_dirname}
+            jobs.append((overrides, str(cfg.hydra.sweep.subdir), cfg))
+        check_job(cfg)
+    return jobs
 
 
 def packs(master: DictConfig, jobs: list) -> list[list[int]] | None:

@@ -4,8 +4,10 @@
 
 Finds run folders (metrics.json, tb/, .hydra/) below the given paths, reads their
 scalars from the TensorBoard event files (tbparse), groups the runs by every
-override except the seed and bookkeeping keys, and writes report.md, report.csv,
-curves.png (trend.png with --x, alpha.png when α moved during a run). Jobs that did not finish are listed with
+override except the seed and bookkeeping keys, compares each group with its baseline (paired
+over shared seeds, Stein's interval where an adaptive sweep sized it, Welch otherwise), and writes
+report.md, report.csv, curves.png (diff.png when a comparison is paired, trend.png with --x,
+alpha.png when α moved during a run). Jobs that did not finish are listed with
 their status, never averaged in. No torch here.
 """
 
@@ -26,12 +28,12 @@ import yaml
 from omegaconf import OmegaConf
 
 from attnexp.config.compose import is_bookkeeping
-from attnexp.sweep.manifest import read_manifest
-from attnexp.train.rundir import read_metrics
+from attnexp.sweep.compare import CONFIDENCE, paired_interval, pick_baselines, stein_interval, summarize, welch_interval
+from attnexp.sweep.manifest import read_adaptive, read_manifest
+from attnexp.train.rundir import read_curves, read_metrics
 
 LOSS_TAG = "train/loss"
 ALPHA_TAG = "alpha"  # the α schedule's value, logged every step (its last value counts for the epoch)
-CONFIDENCE = 0.95
 
 # seed 003's table names: model choice → "Model Type", data choice → "Dataset" (in the seed's row order)
 MODEL_TYPES = {"cnn": "CNN", "vit": "ViT", "deepvit": "DeepViTNet", "hybrid": "Hybrid"}
@@ -75,28 +77,6 @@ def _split(override: str) -> tuple[str, str]:
 def group_key(overrides: list[str]) -> tuple:
     pairs = (_split(o) for o in overrides)
     return tuple(sorted((k, v) for k, v in pairs if not is_bookkeeping(k)))
-
-
-def read_curves(tb_dir: Path, tags: tuple[str, ...]) -> dict[str, dict[int, float]]:
-    """Each tag's values by epoch (1-based), from every event file of the run."""
-    if not tb_dir.is_dir():
-        return {}
-    from tbparse import SummaryReader
-
-    df = SummaryReader(str(tb_dir), extra_columns={"wall_time"}).scalars
-    if df.empty:
-        return {}
-    # a resumed run logs the steps after its checkpoint again: the latest write wins
-    df = df.sort_values("wall_time").drop_duplicates(["tag", "step"], keep="last")
-    epoch_at = df[df.tag == "epoch"].groupby("step").value.max()  # Lightning logs the 0-based epoch with every write
-    curves = {}
-    for tag in tags:
-        rows = df[df.tag == tag].sort_values("step")
-        if rows.empty:
-            continue
-        epochs = [int(epoch_at[s]) + 1 if s in epoch_at.index else i + 1 for i, s in enumerate(rows.step)]
-        curves[tag] = dict(zip(epochs, rows.value.astype(float)))
-    return curves
 
 
 def read_run(folder: Path, metric: str) -> ReportRun:
@@ -143,6 +123,11 @@ def find_runs(paths: list[str], metric: str) -> list[ReportRun]:
     return sorted(runs.values(), key=lambda r: (r.key, str(r.seed), str(r.dir)))
 
 
+def adaptive_records(paths: list[str]) -> list[dict]:
+    """The "adaptive" record (sweep.seeds=auto: s₀, N, why each variant stopped) of every sweep.json below the paths."""
+    return [a for p in paths for m in sorted(Path(p).rglob("sweep.json")) if (a := read_adaptive(m.parent))]
+
+
 @dataclass
 class Stats:
     n: int
@@ -154,22 +139,6 @@ class Stats:
     @classmethod
     def of(cls, values: list[float]) -> "Stats":
         return cls(len(values), mean(values), stdev(values) if len(values) > 1 else None, min(values), max(values))
-
-
-def welch_interval(a: list[float], b: list[float]) -> tuple[float, float, float]:
-    """mean(a) − mean(b) and its Welch-t confidence interval (unequal variances); NaN bounds when
-    either side has fewer than two runs or neither has any spread."""
-    diff = mean(a) - mean(b)
-    if len(a) < 2 or len(b) < 2 or (stdev(a) == 0 and stdev(b) == 0):
-        return diff, math.nan, math.nan
-    import warnings
-
-    from scipy.stats import ttest_ind
-
-    with warnings.catch_warnings():  # near-identical samples: scipy warns, the interval is still right
-        warnings.simplefilter("ignore", RuntimeWarning)
-        ci = ttest_ind(a, b, equal_var=False).confidence_interval(CONFIDENCE)
-    return diff, float(ci.low), float(ci.high)
 
 
 def verdict(low: float, high: float, higher_is_better: bool) -> str:
@@ -189,12 +158,7 @@ class Group:
         return self.runs[0]
 
     def values(self, which: str, metric: str) -> list[float]:
-        lower = "loss" in metric
-        out = []
-        for r in self.runs:
-            curve = r.curves[metric]
-            out.append((min if lower else max)(curve.values()) if which == "best" else curve[max(curve)])
-        return out
+        return [summarize(r.curves[metric], which, metric) for r in self.runs]
 
 
 def make_groups(runs: list[ReportRun], metric: str) -> list[Group]:
@@ -229,17 +193,13 @@ def parse_pairs(specs: list[str] | None, flag: str) -> dict[str, str]:
 
 
 def baselines_for(groups: list[Group], spec: dict[str, str]) -> dict[int, Group | None]:
-    """For each group, the baseline group it is compared with: one matching every KEY=VALUE of the
-    spec and, among those, the one agreeing with it on the other varying keys (a grid's own row)."""
+    """For each group, the baseline group it is compared with (compare.pick_baselines)."""
     if not spec:
         return {id(g): None for g in groups}
-    matching = [g for g in groups if all(g.first().value(k) == v for k, v in spec.items())]
-    others = [k for k in varying_keys(groups) if k not in spec]
-    chosen = {}
-    for g in groups:
-        agree = [b for b in matching if all(b.first().value(k) == g.first().value(k) for k in others)]
-        chosen[id(g)] = (agree or matching or [None])[0]
-    return chosen
+    keys = varying_keys(groups)
+    items = [{k: g.first().value(k) for k in [*spec, *keys]} for g in groups]
+    picked = pick_baselines(items, spec, keys)
+    return {id(g): None if p is None else groups[p] for g, p in zip(groups, picked)}
 
 
 def numerics_of(run: ReportRun) -> tuple[str, str | None]:
@@ -328,7 +288,78 @@ def _delta(row: dict, which: str) -> str:
     return f"{diff:+.2f}" + ("" if math.isnan(lo) else f" [{lo:+.2f}, {hi:+.2f}]")
 
 
-def table_rows(groups: list[Group], metric: str, baselines: dict, anchors: dict | None) -> list[dict]:
+def why_not(run: ReportRun, metric: str) -> str:
+    """Why a run is not in the statistics: its status and reason."""
+    why = run.reason or (f"no `{metric}` logged" if run.status == "done" else "")
+    return f"{run.status}: {why}" if why else run.status
+
+
+def pair_up(g: Group, base: Group, runs: list[ReportRun], metric: str) -> tuple[list[tuple], list[tuple]]:
+    """((run, baseline run) at each seed both finished, (seed, why) for each other seed both have)."""
+    done = {id(r) for r in g.runs + base.runs}
+
+    def at(group: Group) -> dict[str, ReportRun]:  # a finished run wins over an unfinished one at its seed
+        return {str(r.seed): r for r in sorted((r for r in runs if r.key == group.key), key=lambda r: id(r) in done)}
+
+    mine, theirs = at(g), at(base)
+    pairs, dropped = [], []
+    for seed in sorted(mine.keys() & theirs.keys(), key=lambda s: (len(s), s)):
+        sides = ((mine[seed], g), (theirs[seed], base))
+        if all(id(r) in done for r, _ in sides):
+            pairs.append((mine[seed], theirs[seed]))
+        else:
+            why = "; ".join(f"{grp.label}: {why_not(r, metric)}" for r, grp in sides if id(r) not in done)
+            dropped.append((seed, why))
+    return pairs, dropped
+
+
+KINDS = {"t": "paired t", "stein": "Stein", "welch": "Welch"}
+
+
+def compare(g: Group, base: Group | None, runs: list[ReportRun], metric: str, plan: dict | None) -> dict:
+    """Δ best and Δ final against the baseline: over the per-seed differences when ≥ 2 seeds paired
+    (Stein's interval for an adaptive sweep's sized statistic), Welch's otherwise."""
+    row = {}
+    for which in ("best", "final"):
+        row |= {f"d_{which}": None, f"d_{which}_low": None, f"d_{which}_high": None}
+        row[f"verdict_{which}"] = "baseline" if base is g else ""
+    row |= dict.fromkeys(["pairing", "n_pairs", "stopped", "interval_best", "interval_final", "no_spread"], "")
+    row |= {"_pairs": [], "_dropped": [], "_label": "", "_base": ""}
+    if base is None or base is g:
+        return row
+    pairs, dropped = pair_up(g, base, runs, metric)
+    if plan and group_key(plan["baseline_overrides"]) != base.key:
+        plan = None  # compared with another baseline than the sweep sized it against
+    stein = plan and plan["metric"] == metric and plan["s0"] is not None and len(pairs) >= 2
+    row |= {"pairing": "paired" if len(pairs) >= 2 else "welch", "n_pairs": len(pairs)}
+    row |= {"stopped": plan["stopped"] if plan else "", "no_spread": str(bool(stein and plan["s0"] == 0)).lower()}
+    for which in ("best", "final"):
+        if len(pairs) < 2:
+            kind, (d, lo, hi) = "welch", welch_interval(g.values(which, metric), base.values(which, metric))
+        else:
+            diffs = [
+                summarize(a.curves[metric], which, metric) - summarize(b.curves[metric], which, metric)
+                for a, b in pairs
+            ]
+            if stein and which == plan["statistic"]:
+                kind, (d, lo, hi) = "stein", stein_interval(diffs, plan["s0"], plan["pairs"])
+            else:
+                kind, (d, lo, hi) = "t", paired_interval(diffs)
+        row |= {f"d_{which}": d, f"d_{which}_low": lo, f"d_{which}_high": hi, f"interval_{which}": kind}
+        row[f"verdict_{which}"] = verdict(lo, hi, higher_is_better="loss" not in metric)
+    kinds = [KINDS[row["interval_best"]], KINDS[row["interval_final"]]]
+    label = kinds[0] if kinds[0] == kinds[1] else f"{kinds[0]} on best, {kinds[1]} on final"
+    label = "paired" if label == "paired t" else label
+    label += "" if row["pairing"] == "welch" else f", {len(pairs)} seeds"
+    label += f", stopped: {row['stopped']}" if row["stopped"] else ""
+    label += ", no spread in pilot" if row["no_spread"] == "true" else ""
+    label += f", {len(dropped)} pair{'s' * (len(dropped) > 1)} dropped" if dropped else ""
+    return row | {"_pairs": pairs, "_dropped": dropped, "_label": label, "_base": base.label}
+
+
+def table_rows(
+    groups: list[Group], runs: list[ReportRun], metric: str, baselines: dict, plans: dict, anchors: dict | None
+) -> list[dict]:
     keys = varying_keys(groups)
     rows = []
     for g in groups:
@@ -345,14 +376,7 @@ def table_rows(groups: list[Group], metric: str, baselines: dict, anchors: dict 
             "s_per_epoch": round(mean(per_epoch), 2) if per_epoch else None,
             "params": _span(params) if params else "",
         }
-        base = baselines.get(id(g))
-        for which in ("best", "final"):
-            diff = low = high = None
-            judged = "baseline" if base is g else ""
-            if base is not None and base is not g:
-                diff, low, high = welch_interval(g.values(which, metric), base.values(which, metric))
-                judged = verdict(low, high, higher_is_better="loss" not in metric)
-            row |= {f"d_{which}": diff, f"d_{which}_low": low, f"d_{which}_high": high, f"verdict_{which}": judged}
+        row |= compare(g, baselines.get(id(g)), runs, metric, plans.get(g.key))
         row["published"], row["_left_out"] = published(anchors, g)
         row["_best"], row["_final"] = best, final
         rows.append(row)
@@ -364,13 +388,49 @@ def markdown_table(header: list[str], lines: list[list[str]], right: set[int] = 
     return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, rule, *lines])
 
 
+def comparison_notes(rows: list[dict], spec: dict) -> list[str]:
+    compared = [r for r in rows if r["pairing"]]
+    used = {r[f"interval_{which}"] for r in compared for which in ("best", "final")}
+    notes = [
+        f"Δ = group − baseline ({', '.join(f'{k}={v}' for k, v in spec.items())}) with a {CONFIDENCE * 100:.0f} % "
+        "confidence interval, of the kind the `interval` column names: better / worse when it excludes 0, "
+        "can't tell otherwise (or without an interval)."
+    ]
+    if used & {"t", "stein"}:
+        notes.append(
+            "paired: a run and its baseline's run at the same seed share initial weights (when the variant adds "
+            "no parameters), batches, augmentation and dropout draws; Δ is the mean of the per-seed differences "
+            "over the seeds both finished, with a t-interval on n − 1 degrees of freedom (n seeds). diff.png: "
+            "the same per epoch (ordinary paired t)."
+        )
+    if "welch" in used:
+        notes.append(
+            "Welch: fewer than 2 seeds finished on both sides; Δ = difference of the groups' means, "
+            "Welch-t interval (unequal variances)."
+        )
+    if "stein" in used:
+        notes.append(
+            "Stein (sweep.seeds=auto), on the statistic the sweep sized: the mean of the N paired differences "
+            "± t(pilot pairs − 1) · s₀ / √N, s₀ from the pilot (sweep.json); it covers 95 % averaged over the "
+            "pilot's outcomes (N depends on s₀), not for one variant taken alone given its N; the other "
+            "statistic is an ordinary paired t. No spread in pilot: the pilot's differences were all equal, "
+            "the interval is [d, d]."
+        )
+    if len(compared) > 1:
+        notes.append(
+            f"{len(compared)} comparisons, {len(compared)} intervals: each covers {CONFIDENCE * 100:.0f} % on its own, "
+            "not simultaneously (that every one covers is less likely)."
+        )
+    return notes
+
+
 def render(
     rows: list[dict], metric: str, spec: dict, anchors: dict | None, unfinished: list[ReportRun], plots: list[str]
 ) -> str:
     name = "top-1" if metric.endswith("acc1") else metric
     header = ["choices", "n", f"best {name}", "(min–max)", f"final {name}", "(min–max)", "epochs", "s/epoch", "params"]
     if spec:
-        header += ["Δ best (95 % CI)", "verdict", "Δ final (95 % CI)", "verdict"]
+        header += ["Δ best (95 % CI)", "verdict", "Δ final (95 % CI)", "verdict", "interval"]
     if anchors:
         header += ["published best / final"]
     lines = []
@@ -382,6 +442,7 @@ def render(
         if spec:
             for which in ("best", "final"):
                 cells += [_delta(r, which), r[f"verdict_{which}"]]
+            cells.append(r["_label"])
         if anchors:
             cells.append(r["published"])
         lines.append(cells)
@@ -391,11 +452,7 @@ def render(
         f"from TensorBoard `{metric}`."
     ]
     if spec:
-        notes.append(
-            f"Δ = group mean − baseline mean ({', '.join(f'{k}={v}' for k, v in spec.items())}), "
-            f"with a {CONFIDENCE:.0%} Welch-t confidence interval (unequal variances): "
-            "better / worse when the interval excludes 0, can't tell otherwise (or with fewer than 2 runs a side)."
-        )
+        notes += comparison_notes(rows, spec)
     if anchors:
         notes.append(f"published: {anchors.get('setting', 'reported numbers')} (from the anchors file).")
         left_out = [why for r in rows for why in r["_left_out"]]
@@ -412,6 +469,10 @@ def render(
             why = r.reason or (f"no `{metric}` logged" if r.status == "done" else "")
             listed.append(["/".join(r.dir.parts[-2:]), r.status, str(r.metrics.get("epochs") or 0), why])
         out.append(markdown_table(["job", "status", "epochs", "reason"], listed))
+    dropped = [[r["group"], r["_base"], seed, why] for r in rows for seed, why in r["_dropped"]]
+    if dropped:
+        out += ["", f"## Pairs dropped ({len(dropped)}): a run that did not finish takes its seed's pair out", ""]
+        out.append(markdown_table(["choices", "baseline", "seed", "why"], dropped))
     for p in plots:
         out += ["", f"![{Path(p).stem}]({Path(p).name})"]
     return "\n".join(out) + "\n"
@@ -464,6 +525,36 @@ def plot_curves(groups: list[Group], metric: str, path: Path) -> None:
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes[0].legend(fontsize="small")
+
+
+def epoch_differences(pairs: list[tuple[ReportRun, ReportRun]], metric: str):
+    """(epochs, (mean, low, high)): per epoch, the paired t-interval of the differences at the pairs
+    that logged it."""
+    import numpy as np
+
+    curves = [(a.curves[metric], b.curves[metric]) for a, b in pairs]
+    epochs = sorted({e for a, b in curves for e in a.keys() & b.keys()})
+    bands = [paired_interval([a[e] - b[e] for a, b in curves if e in a and e in b]) for e in epochs]
+    return epochs, np.array(bands, dtype=float).reshape(-1, 3).T
+
+
+def plot_diff(rows: list[dict], metric: str, path: Path) -> bool:
+    """Per epoch, each paired variant's mean difference from its baseline with a 95 % paired-t band."""
+    paired = [r for r in rows if r["pairing"] == "paired"]
+    if not paired:
+        return False
+    with _figure(path, (6.5, 4.5)) as ax:
+        for i, r in enumerate(paired):
+            epochs, (d, lo, hi) = epoch_differences(r["_pairs"], metric)
+            label = f"{r['group']} − {r['_base']} ({r['n_pairs']} seeds)"
+            ax.plot(epochs, d, color=f"C{i % 10}", marker="o" if len(epochs) < 4 else None, label=label)
+            ax.fill_between(epochs, lo, hi, color=f"C{i % 10}", alpha=0.2, linewidth=0)
+        ax.axhline(0, color="k", linewidth=1)
+        title = f"{metric}: mean paired difference from the baseline\nband = 95 % paired t per epoch"
+        ax.set(xlabel="epoch", ylabel=f"Δ {metric}", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return True
 
 
 def plot_trend(groups: list[Group], metric: str, x: str, baselines: dict, path: Path) -> bool:
@@ -579,14 +670,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="attnexp-report",
         description="Summarise runs and sweeps: mean ± std over seeds per group of choices, "
-        "a Welch-t comparison against a baseline, and learning curves.",
+        "a paired (or Welch-t) comparison against a baseline, and learning curves.",
     )
     p.add_argument("dirs", nargs="+", metavar="DIR", help="sweep or run folders (searched recursively)")
     p.add_argument(
         "--baseline",
         action="append",
         metavar="KEY=VALUE",
-        help="the group to compare against, e.g. seqpool=x (repeatable)",
+        help="the group to compare against, e.g. seqpool=x (repeatable; default: an adaptive sweep's sweep.baseline)",
     )
     p.add_argument("--metric", default="val/acc1", help="TensorBoard tag to summarise (default: val/acc1)")
     p.add_argument("--out", help="folder for report.md, report.csv and the PNGs (default: the first DIR)")
@@ -632,19 +723,28 @@ def report(args: argparse.Namespace) -> int:
         return 0
 
     check_recipes(runs, args.mix_recipes)
+    adaptive = adaptive_records(args.dirs)
+    spec = spec or next((dict(a["baseline"]) for a in adaptive if a.get("baseline")), {})
+    plans = {
+        group_key(c["overrides"]): c | {k: a[k] for k in ("metric", "statistic")}
+        for a in adaptive
+        for c in a.get("comparisons") or []
+    }
     groups = make_groups(runs, args.metric)
     baselines = baselines_for(groups, spec)
     if spec and groups and not any(b is not None for b in baselines.values()):
         wanted, labels = " ".join(f"{k}={v}" for k, v in spec.items()), "; ".join(g.label for g in groups)
         raise ReportError(f"--baseline {wanted}: no group matches (groups: {labels})")
     groups.sort(key=lambda g: baselines.get(id(g)) is not g)  # baseline rows first, then by choices
-    rows = table_rows(groups, args.metric, baselines, anchors)
+    rows = table_rows(groups, runs, args.metric, baselines, plans, anchors)
     grouped = {id(r) for g in groups for r in g.runs}
     unfinished = [r for r in runs if id(r) not in grouped]
     plots = []
     if groups:
         plot_curves(groups, args.metric, out / "curves.png")
         plots.append(str(out / "curves.png"))
+        if plot_diff(rows, args.metric, out / "diff.png"):
+            plots.append(str(out / "diff.png"))
         if plot_alpha(groups, args.metric, out / "alpha.png"):
             plots.append(str(out / "alpha.png"))
         if args.x and plot_trend(groups, args.metric, args.x, baselines, out / "trend.png"):

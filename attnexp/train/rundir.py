@@ -131,3 +131,25 @@ def console_log(run_dir: str | os.PathLike, /):
             yield
         finally:
             sys.stdout, sys.stderr = saved
+
+
+def read_curves(tb_dir: str | os.PathLike, tags: tuple[str, ...]) -> dict[str, dict[int, float]]:
+    """Each tag's values by epoch (1-based), from every event file of a run's tb/ folder."""
+    if not Path(tb_dir).is_dir():
+        return {}
+    from tbparse import SummaryReader
+
+    df = SummaryReader(str(tb_dir), extra_columns={"wall_time"}).scalars
+    if df.empty:
+        return {}
+    # a resumed run logs the steps after its checkpoint again: the latest write wins
+    df = df.sort_values("wall_time").drop_duplicates(["tag", "step"], keep="last")
+    epoch_at = df[df.tag == "epoch"].groupby("step").value.max()  # Lightning logs the 0-based epoch with every write
+    curves = {}
+    for tag in tags:
+        rows = df[df.tag == tag].sort_values("step")
+        if rows.empty:
+            continue
+        epochs = [int(epoch_at[s]) + 1 if s in epoch_at.index else i + 1 for i, s in enumerate(rows.step)]
+        curves[tag] = dict(zip(epochs, rows.value.astype(float)))
+    return curves

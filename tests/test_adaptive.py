@@ -1,0 +1,125 @@
+"""sweep.seeds=auto: Stein's two-stage sweep on debug=tiny data, its resume, its refusals, its dry run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+from conftest import attnexp_main
+from scipy.stats import t
+
+from attnexp.sweep import launch
+from attnexp.tools import report
+
+PILOT, MAX_SEEDS = 3, 4
+# baseline seqpool=x (log every step); seqpool=x logging every 2nd step trains identically: its paired
+# differences are all 0; seqpool=softmax changes the model: its differences spread (16 validation images)
+AUTO = [
+    "debug=tiny", "seqpool=x,softmax", "trainer.log_every_n_steps=1,2", "sweep.seeds=auto", "sweep.precision=0.5",
+    f"sweep.pilot={PILOT}", f"sweep.max_seeds={MAX_SEEDS}", "sweep.baseline={seqpool:x,trainer.log_every_n_steps:1}",
+]  # fmt: skip
+
+
+def adaptive_sweep(sweep_dir: Path, *extra: str) -> tuple[dict, dict[str, float]]:
+    """(sweep.json's adaptive record, each job folder → its metrics.json best_acc1)."""
+    done = attnexp_main("-m", *AUTO, *extra, f"hydra.sweep.dir={sweep_dir}", cwd=sweep_dir.parent)
+    assert done.returncode == 0, done.stderr
+    body = json.loads((sweep_dir / "sweep.json").read_text())
+    best = {
+        j["dir"]: json.loads((sweep_dir / j["dir"] / "metrics.json").read_text())["best_acc1"] for j in body["jobs"]
+    }
+    return body["adaptive"], best
+
+
+def by_variant(record: dict) -> dict[str, dict]:
+    return {c["variant"]: c for c in record["comparisons"]}
+
+
+def test_adaptive_sweep_sizes_each_variant_and_resumes_to_the_same_seeds(tmp_path, monkeypatch):
+    record, best = adaptive_sweep(tmp_path / "whole")
+    variants = by_variant(record)
+    same = variants["seqpool=x,trainer.log_every_n_steps=2"]  # identical in effect: no second stage
+    assert (same["s0"], same["n"], same["pairs"], same["stopped"]) == (0.0, PILOT, PILOT, "precision")
+    moved = variants["seqpool=softmax,trainer.log_every_n_steps=1"]
+    assert moved["s0"] > 0 and moved["n"] > PILOT
+    wanted = math.ceil((t.ppf(0.975, PILOT - 1) * moved["s0"] / 0.5) ** 2)
+    assert moved["n"] == min(MAX_SEEDS, max(PILOT, wanted))
+    assert moved["stopped"] == ("max_seeds" if wanted > MAX_SEEDS else "precision")
+    seeds: dict[str, set] = {}
+    for folder in best:
+        config, seed = folder.rsplit("/seed_", 1)
+        seeds.setdefault(config.split("seqpool=")[1], set()).add(int(seed))
+    # each variant to its N; the baseline to the largest N among its variants
+    assert seeds["x,trainer.log_every_n_steps=2"] == set(range(PILOT))
+    assert seeds["softmax,trainer.log_every_n_steps=1"] == set(range(moved["n"]))
+    assert seeds["x,trainer.log_every_n_steps=1"] == set(range(max(c["n"] for c in variants.values())))
+
+    # the report's interval for the sized statistic is Stein's, around the mean of the N differences
+    assert report.main([str(tmp_path / "whole"), "--out", str(tmp_path / "report")]) == 0
+    with open(tmp_path / "report" / "report.csv") as f:
+        row = next(r for r in csv.DictReader(f) if r["group"] == "seqpool=softmax, trainer.log_every_n_steps=1")
+    pairs = [
+        best[f"debug=tiny,seqpool=softmax,trainer.log_every_n_steps=1/seed_{s}"]
+        - best[f"debug=tiny,seqpool=x,trainer.log_every_n_steps=1/seed_{s}"]
+        for s in range(moved["n"])
+    ]
+    half = t.ppf(0.975, moved["pairs"] - 1) * moved["s0"] / math.sqrt(moved["n"])
+    assert float(row["d_best"]) == pytest.approx(sum(pairs) / len(pairs))
+    assert float(row["d_best_high"]) - float(row["d_best"]) == pytest.approx(half)
+    assert row["stopped"] == moved["stopped"] and int(row["n_pairs"]) == moved["n"]
+
+    # interrupted after stage 1, then resumed: the same seeds and results as uninterrupted
+    stage = launch.launch_stage
+
+    def stop_before_stage_two(launcher, sweep_dir, jobs, grouped, first):
+        if first:
+            raise KeyboardInterrupt
+        return stage(launcher, sweep_dir, jobs, grouped, first)
+
+    monkeypatch.setattr(launch, "launch_stage", stop_before_stage_two)
+    with pytest.raises(KeyboardInterrupt):
+        adaptive_sweep(tmp_path / "cut")
+    assert len(list((tmp_path / "cut").rglob("metrics.json"))) == 4 * PILOT
+    monkeypatch.undo()
+    resumed, resumed_best = adaptive_sweep(tmp_path / "cut", "sweep.resume=true")
+    decided = ("variant", "baseline", "pairs", "dropped", "s0", "n", "stopped")
+    assert [{k: c[k] for k in decided} for c in resumed["comparisons"]] == [
+        {k: c[k] for k in decided} for c in record["comparisons"]
+    ]
+    assert resumed_best == best
+
+
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("sweep.pilot=2", "sweep.pilot=2: at least 3"),
+        ("sweep.max_seeds=2", "sweep.max_seeds=2: at least sweep.pilot (3)"),
+        ("sweep.precision=null", "sweep.precision=null: sweep.seeds=auto needs the half-width"),
+        ("seed=0,1", "seed=...: sweep.seeds=auto chooses the seeds"),
+        ("sweep.baseline=null", "sweep.baseline=null: the baseline's choices"),
+        ("sweep.baseline={seqpool:softmax_plus_x}", "no configuration of this sweep has these choices"),
+    ],
+)
+def test_what_cannot_be_sized_is_refused_at_start_up(tmp_path, override, says):
+    done = attnexp_main("-m", *AUTO, override, cwd=tmp_path)
+    assert done.returncode == 2
+    line = done.stderr.strip()
+    assert "\n" not in line and says in line, line
+    assert not (tmp_path / "multirun").exists() or not any((tmp_path / "multirun").rglob("*.json"))
+
+
+def test_a_single_run_with_auto_seeds_is_refused(tmp_path):
+    done = attnexp_main("debug=tiny", "sweep.seeds=auto", "sweep.precision=1", cwd=tmp_path)
+    assert done.returncode == 2 and "an adaptive sweep runs with -m" in done.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_dry_run_shows_stage_one_and_the_worst_case(tmp_path):
+    done = attnexp_main("-m", *AUTO, "sweep.dry_run=true", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"({4 * PILOT} jobs; nothing is run or written)" in done.stdout
+    assert f"sweep.max_seeds={MAX_SEEDS} seeds: {4 * MAX_SEEDS} jobs" in done.stdout
+    assert not list(tmp_path.rglob("sweep.json"))
