@@ -145,3 +145,15 @@ def sine_rows(n, dim):
             for p in range(n)
         ]
     )
+
+
+def cct_forward_gflops(dim, layers, heads, mlp_ratio, conv_channels, image=32, classes=10, in_channels=3):
+    """Multiply-adds × 2 of a CCT forward pass: k=3 stride-1 convs each followed by a 2× pool,
+    then `layers` blocks over N tokens, SeqPool and the head."""
+    flops, size, c_in = 0, image, in_channels
+    for c_out in conv_channels:
+        flops += 2 * c_out * c_in * 9 * size * size
+        size, c_in = size // 2, c_out
+    n, hidden = size * size, int(dim * mlp_ratio)
+    per_block = 2 * n * dim * 3 * dim + 2 * 2 * n * n * dim + 2 * n * dim * dim + 2 * 2 * n * dim * hidden
+    return (flops + layers * per_block + 2 * n * dim + 2 * n * dim + 2 * dim * classes) / 1e9

@@ -4,8 +4,10 @@ make_trainer built, under that Trainer's precision. (attnexp-bench's side: tests
 
 from __future__ import annotations
 
+import pytest
 import torch
-from conftest import TINY, attnexp_main
+from conftest import TINY, attnexp_main, compose
+from formulas import cct_forward_gflops
 
 from attnexp.build import objects
 from attnexp.pack.module import PackedModule
@@ -89,3 +91,19 @@ def test_a_packed_dry_run_times_the_packed_modules_step(tmp_path, monkeypatch):
     assert all(s["bf16"] and s["shape"][0] == 3 for s in steps)  # each member its own batch: (K, B, ...)
     (single,) = spy.made("build_module")  # the jobs' own rows: one unpacked module
     assert len(spy.steps_of(single)) == 1 + TIMED_STEPS
+
+
+def test_the_dry_run_counts_the_forward_flops_of_explicit_attention():
+    """On the CPU attention runs fused, whose kernels the FLOP counter cannot see inside: the dry run
+    and mode=summary count through objects.forward_gflops, which switches to the explicit path for
+    the count (and back)."""
+    from attnexp.layers.attention import Attention
+    from attnexp.sweep.estimate import measure
+
+    cfg = compose("model=cct2", "data=fake")
+    assert measure(cfg)["gflops_per_image"] == pytest.approx(cct_forward_gflops(128, 2, 2, 1.0, [64, 128]), rel=1e-3)
+    model = objects.build_model(cfg)
+    fused = [m.fused for m in model.modules() if isinstance(m, Attention)]
+    assert fused and all(fused)
+    objects.forward_gflops(cfg, model)
+    assert [m.fused for m in model.modules() if isinstance(m, Attention)] == fused

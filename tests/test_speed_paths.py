@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from conftest import TINY, compose
+from formulas import cct_forward_gflops
 from torchvision.transforms import v2
 
 import attnexp
@@ -362,18 +363,6 @@ def test_compiled_training_run_from_the_cli(workdir):
 
 
 # ------------------------------------------------------------------ attnexp-bench
-
-
-def cct_forward_gflops(dim, layers, heads, mlp_ratio, conv_channels, image=32, classes=10, in_channels=3):
-    """Multiply-adds × 2 of a CCT forward pass: k=3 stride-1 convs each followed by a 2× pool,
-    then `layers` blocks over N tokens, SeqPool and the head."""
-    flops, size, c_in = 0, image, in_channels
-    for c_out in conv_channels:
-        flops += 2 * c_out * c_in * 9 * size * size
-        size, c_in = size // 2, c_out
-    n, hidden = size * size, int(dim * mlp_ratio)
-    per_block = 2 * n * dim * 3 * dim + 2 * 2 * n * n * dim + 2 * n * dim * dim + 2 * 2 * n * dim * hidden
-    return (flops + layers * per_block + 2 * n * dim + 2 * n * dim + 2 * dim * classes) / 1e9
 
 
 def test_bench_flop_counts_match_the_formula():

@@ -337,6 +337,25 @@ def best_and_last(ckpt_dir) -> tuple:
     return best, last
 
 
+def forward_gflops(cfg: DictConfig, model: nn.Module) -> float:
+    """GFLOPs of one forward of one example (image or text), attention on its explicit path: the
+    FLOP counter cannot see inside the CPU's fused attention kernels (mode=summary, the dry run)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from attnexp.layers.attention import Attention
+
+    fused = [m for m in model.modules() if isinstance(m, Attention) and m.fused]
+    for m in fused:
+        m.fused = False
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(example_input(cfg, model, 1))
+    finally:
+        for m in fused:
+            m.fused = True
+    return counter.get_total_flops() / 1e9
+
+
 def example_input(cfg: DictConfig, model: nn.Module, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """A batch of what the model reads: a model that reads something other than images makes
     its own (`example_input`: the text models' word ids, padding included); images otherwise."""

@@ -41,9 +41,6 @@ def measure(cfg: DictConfig, pack: int = 1, probe_batch: int | None = None) -> d
     run's factories (fused AdamW, channels-last; not compiled) and fitted by the run's Trainer (its
     precision): PROBE_BATCH images on a CPU, the full batch on a GPU. pack=K: the PackedModule of K
     members (s_per_image is then per image of every member: the pack's step time over one member's batch)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     from attnexp.build import objects  # through the module: a test's spy on a factory sees the call
 
     cfg = copy.deepcopy(cfg)
@@ -51,8 +48,7 @@ def measure(cfg: DictConfig, pack: int = 1, probe_batch: int | None = None) -> d
         cfg.compute.compile = False  # compiling takes minutes on a CPU, a dry run seconds: timed eager
     objects.seed_and_threads(cfg)
     model = objects.build_model(cfg).eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(objects.example_input(cfg, model, 1))  # one image, or one text's word ids
+    gflops = objects.forward_gflops(cfg, model)
     model.train()
     params = objects.trainable_parameters(model)
     if pack > 1:  # K members, each its own data: one vectorised step (attnexp.pack.module)
@@ -65,7 +61,7 @@ def measure(cfg: DictConfig, pack: int = 1, probe_batch: int | None = None) -> d
     timed = sorted(step_seconds(cfg, module, example_batch(cfg, model, batch, pack), TIMED_STEPS))
     return {
         "params": params,
-        "gflops_per_image": counter.get_total_flops() / 1e9,
+        "gflops_per_image": gflops,
         "s_per_image": timed[len(timed) // 2] / batch,  # the median: one busy moment must not decide
         "device": "cuda" if gpu else "cpu",
     }

@@ -12,7 +12,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,6 +21,7 @@ from attnexp.build.objects import (
     build_model,
     build_module,
     example_input,
+    forward_gflops,
     load_weights,
     make_logger,
     make_trainer,
@@ -118,23 +118,16 @@ def evaluate(cfg: DictConfig) -> dict:
 def summary(cfg: DictConfig) -> dict:
     """Parameters, GFLOPs per image and tokens, without data or training (summary.json)."""
     run_dir = cfg.paths.output_dir
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from attnexp.layers.attention import Attention
     from attnexp.layers.block import TransformerBlock
 
     job = hydra_job()
     choices = dict(job.runtime.choices) if job else {}
     model = build_model(cfg).eval()
-    for m in model.modules():  # the FLOP counter cannot see inside CPU fused attention kernels
-        if isinstance(m, Attention) and m.reattn is None:
-            m.fused = False
     x = example_input(cfg, model, 1)  # one image, or one text's word ids
     tokens = []  # the sequence length entering the first transformer block (class token included)
     blocks = [m for m in model.modules() if isinstance(m, TransformerBlock)]
     hook = blocks[0].register_forward_pre_hook(lambda m, args: tokens.append(args[0].shape[1])) if blocks else None
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
+    gflops = forward_gflops(cfg, model)
     if hook is not None:
         hook.remove()
     info = {
@@ -142,7 +135,7 @@ def summary(cfg: DictConfig) -> dict:
         "official_name": cfg.model.get("official_name"),
         "attention": choices.get("attention"),
         "params": trainable_parameters(model),
-        "gflops_per_image": counter.get_total_flops() / 1e9,
+        "gflops_per_image": gflops,
         "tokens": tokens[0] if tokens else None,
         "image_size": x.shape[-1] if x.dim() == 4 else None,
     }
