@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,44 @@ def test_dry_run_shows_stage_one_and_the_worst_case(tmp_path):
     assert f"({4 * PILOT} jobs; nothing is run or written)" in done.stdout
     assert f"sweep.max_seeds={MAX_SEEDS} seeds: {4 * MAX_SEEDS} jobs" in done.stdout
     assert not list(tmp_path.rglob("sweep.json"))
+
+
+def test_a_failed_pilot_run_drops_its_pair_and_the_seed_is_not_replaced(tmp_path, monkeypatch):
+    """Stage 2's decision from the pilot's results alone (the runs' values stubbed): pairs, s₀ with
+    pairs − 1 degrees of freedom, N, why each variant stopped, the pairs dropped and the new jobs."""
+    from omegaconf import OmegaConf
+
+    from attnexp.sweep import adaptive
+
+    pilot, precision = 4, 1.0
+    best = {  # line → best top-1 at seeds 0..3; None: the run failed
+        "x": [80.0, None, 82.0, 83.0],
+        "a": [81.0, 84.0, None, 86.5],  # seed 1: the baseline failed; seed 2: a itself
+        "b": [None, None, None, 85.0],  # one usable pair (seed 3): cannot size; seed 1: both failed
+    }
+    jobs = [
+        ([f"seqpool={line}", f"seed={s}"], f"seqpool={line}/seed_{s}", OmegaConf.create({"seed": s}))
+        for line in best
+        for s in range(pilot)
+    ]
+    monkeypatch.setattr(adaptive, "baselines", lambda jobs, spec: {(f"seqpool={k}",): ("seqpool=x",) for k in best})
+    monkeypatch.setattr(
+        adaptive,
+        "value",
+        lambda run_dir, sw: (best[run_dir.parent.name[8:]][int(run_dir.name[5:])], "failed: boom"),
+    )
+    sweep = {"pilot": pilot, "max_seeds": 12, "precision": precision, "metric": "val/acc1", "statistic": "best"}
+    master = OmegaConf.create({"sweep": sweep | {"baseline": {"seqpool": "x"}}})
+    record, more = adaptive.decide(str(tmp_path), master, jobs)
+    a, b = record["comparisons"]
+    diffs = [81.0 - 80.0, 86.5 - 83.0]
+    assert a["pairs"] == 2 and a["s0"] == pytest.approx(statistics.stdev(diffs))
+    wanted = math.ceil((t.ppf(0.975, 1) * a["s0"] / precision) ** 2)  # t with pairs − 1 = 1 df
+    assert a["n"] == min(12, max(pilot, wanted)) and a["stopped"] == ("max_seeds" if wanted > 12 else "precision")
+    assert [d["seed"] for d in a["dropped"]] == [1, 2]
+    assert a["dropped"][0]["why"] == "seqpool=x: failed: boom"
+    assert b["pairs"] == 1 and (b["s0"], b["n"], b["stopped"]) == (None, pilot, "failed")
+    assert b["dropped"][1] == {"seed": 1, "why": "seqpool=b: failed: boom; seqpool=x: failed: boom"}
+    seeds = sorted((o[0], int(o[1][5:])) for o in more)
+    assert seeds == sorted([(f"seqpool={k}", s) for k in ("a", "x") for s in range(pilot, a["n"])])
+    assert json.loads((tmp_path / "sweep.json").read_text())["adaptive"] == record

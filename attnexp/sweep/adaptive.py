@@ -114,8 +114,8 @@ def decide(sweep_dir: str, master: DictConfig, jobs: list) -> tuple[dict, list[l
         for seed in range(sw.pilot):
             (a, why_a), (b, why_b) = runs[variant][seed], runs[base][seed]
             if a is None or b is None:
-                side, why = (variant, why_a) if a is None else (base, why_b)
-                dropped.append({"seed": seed, "why": f"{label(side, keys)}: {why}"})
+                sides = [(c, why) for c, v, why in ((variant, a, why_a), (base, b, why_b)) if v is None]
+                dropped.append({"seed": seed, "why": "; ".join(f"{label(c, keys)}: {why}" for c, why in sides)})
             else:
                 diffs.append(a - b)
         entry = {"variant": label(variant, keys), "baseline": label(base, keys), "overrides": list(variant)}
