@@ -165,3 +165,12 @@ def test_a_failed_pilot_run_drops_its_pair_and_the_seed_is_not_replaced(tmp_path
     seeds = sorted((o[0], int(o[1][5:])) for o in more)
     assert seeds == sorted([(f"seqpool={k}", s) for k in ("a", "x") for s in range(pilot, a["n"])])
     assert json.loads((tmp_path / "sweep.json").read_text())["adaptive"] == record
+
+
+def test_a_baseline_is_found_however_its_values_are_spelled():
+    """sweep.baseline's values arrive parsed (0.001, True), a job's overrides as typed (1e-3, true)."""
+    from attnexp.sweep.compare import pick_baselines
+
+    items = [{"optimizer.lr": "1e-3", "flag": "true"}, {"optimizer.lr": "3e-3", "flag": "true"}]
+    assert pick_baselines(items, {"optimizer.lr": 0.001, "flag": True}, ["optimizer.lr"]) == [0, 0]
+    assert pick_baselines(items, {"optimizer.lr": 0.002}, ["optimizer.lr"]) == [None, None]

@@ -83,11 +83,22 @@ def pick_baselines(items: list[dict], spec: dict, varying: list[str]) -> list[in
     """For each item (a group's values of the spec's keys and the varying keys), the index of its
     baseline: one matching every KEY=VALUE of the spec and, among those, the one agreeing with it on
     the other varying keys (a grid's own row); None when nothing matches."""
-    matching = [i for i, d in enumerate(items) if all(str(d.get(k)) == str(v) for k, v in spec.items())]
+    matching = [i for i, d in enumerate(items) if all(same_value(d.get(k), v) for k, v in spec.items())]
     others = [k for k in varying if k not in spec]
     return [
         next(
-            (b for b in matching if all(items[b].get(k) == d.get(k) for k in others)), matching[0] if matching else None
+            (b for b in matching if all(same_value(items[b].get(k), d.get(k)) for k in others)),
+            matching[0] if matching else None,
         )
         for d in items
     ]
+
+
+def same_value(a, b) -> bool:
+    """Two spellings of one config value, as an override, a choice or a parsed YAML value give it:
+    1e-3 and 0.001, true and True, null and None."""
+    a, b = (str(x).lower().replace("none", "null") for x in (a, b))
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return a == b
