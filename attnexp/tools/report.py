@@ -288,9 +288,14 @@ def _delta(row: dict, which: str) -> str:
     return f"{diff:+.2f}" + ("" if math.isnan(lo) else f" [{lo:+.2f}, {hi:+.2f}]")
 
 
+def reason(run: ReportRun, metric: str) -> str:
+    """Why a run is not in the statistics: its recorded reason, or a finished run's missing metric."""
+    return run.reason or (f"no `{metric}` logged" if run.status == "done" else "")
+
+
 def why_not(run: ReportRun, metric: str) -> str:
-    """Why a run is not in the statistics: its status and reason."""
-    why = run.reason or (f"no `{metric}` logged" if run.status == "done" else "")
+    """A run's status and, when there is one, its reason."""
+    why = reason(run, metric)
     return f"{run.status}: {why}" if why else run.status
 
 
@@ -466,8 +471,7 @@ def render(
         out += ["", f"## Not in the statistics ({len(unfinished)} jobs)", ""]
         listed = []
         for r in unfinished:
-            why = r.reason or (f"no `{metric}` logged" if r.status == "done" else "")
-            listed.append(["/".join(r.dir.parts[-2:]), r.status, str(r.metrics.get("epochs") or 0), why])
+            listed.append(["/".join(r.dir.parts[-2:]), r.status, str(r.metrics.get("epochs") or 0), reason(r, metric)])
         out.append(markdown_table(["job", "status", "epochs", "reason"], listed))
     dropped = [[r["group"], r["_base"], seed, why] for r in rows for seed, why in r["_dropped"]]
     if dropped:
