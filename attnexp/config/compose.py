@@ -41,6 +41,12 @@ def is_bookkeeping(key: str) -> bool:
     return key in BOOKKEEPING_KEYS or key.startswith(BOOKKEEPING_PREFIXES)
 
 
+def split_override(override: str) -> tuple[str, str]:
+    """(key, value) of an override as typed: `+key=value`, `~key` and `key=value` alike."""
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
 NAME_MAX = 255  # bytes in one path component (Linux and macOS file systems)
 
 

@@ -16,7 +16,7 @@ from statistics import stdev
 
 from omegaconf import DictConfig, OmegaConf
 
-from attnexp.config.compose import hydra_config, is_bookkeeping, split_hydra
+from attnexp.config.compose import hydra_config, is_bookkeeping, split_hydra, split_override
 from attnexp.errors import ConfigError
 from attnexp.sweep.compare import pick_baselines, stein_seeds, summarize
 from attnexp.sweep.manifest import job_state, write_adaptive
@@ -49,7 +49,7 @@ def configuration(overrides: list[str]) -> tuple[str, ...]:
 
 
 def values(config: tuple[str, ...]) -> dict[str, str]:
-    return dict(o.lstrip("+~").split("=", 1) for o in config if "=" in o)
+    return dict(split_override(o) for o in config if "=" in o)
 
 
 def varying(configs: list[tuple[str, ...]]) -> list[str]:

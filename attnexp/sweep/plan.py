@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from attnexp.config.blame import blamed
-from attnexp.config.compose import compose, config_loader, hydra_config, set_hydra_key, split_hydra
+from attnexp.config.compose import compose, config_loader, hydra_config, set_hydra_key, split_hydra, split_override
 from attnexp.errors import ConfigError, StartupError
 from attnexp.sweep import adaptive
 from attnexp.sweep.manifest import read_manifest
@@ -35,7 +35,7 @@ def parse_overrides(overrides: list[str]) -> list:
 
 
 def override_key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0]
+    return split_override(override)[0]
 
 
 def given(overrides: list[str], key: str) -> bool:

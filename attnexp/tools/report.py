@@ -27,7 +27,7 @@ from statistics import mean, stdev
 import yaml
 from omegaconf import OmegaConf
 
-from attnexp.config.compose import is_bookkeeping
+from attnexp.config.compose import is_bookkeeping, split_override
 from attnexp.sweep.compare import CONFIDENCE, paired_interval, pick_baselines, stein_interval, summarize, welch_interval
 from attnexp.sweep.manifest import read_adaptive, read_manifest
 from attnexp.train.rundir import read_curves, read_metrics
@@ -69,13 +69,8 @@ class ReportRun:
         return None
 
 
-def _split(override: str) -> tuple[str, str]:
-    key, _, value = override.partition("=")
-    return key.lstrip("+~"), value
-
-
 def group_key(overrides: list[str]) -> tuple:
-    pairs = (_split(o) for o in overrides)
+    pairs = (split_override(o) for o in overrides)
     return tuple(sorted((k, v) for k, v in pairs if not is_bookkeeping(k)))
 
 
@@ -117,7 +112,7 @@ def find_runs(paths: list[str], metric: str) -> list[ReportRun]:
             for job in read_manifest(manifest.parent):
                 folder = (manifest.parent / job.dir).resolve()
                 if folder not in runs and not (folder / ".hydra").is_dir():
-                    seed = dict(_split(o) for o in job.overrides).get("seed")
+                    seed = dict(split_override(o) for o in job.overrides).get("seed")
                     why = "the launcher never started it"
                     runs[folder] = ReportRun(folder, "not started", why, group_key(job.overrides), seed)
     return sorted(runs.values(), key=lambda r: (r.key, str(r.seed), str(r.dir)))
@@ -187,7 +182,7 @@ def parse_pairs(specs: list[str] | None, flag: str) -> dict[str, str]:
         for item in spec.split():
             if "=" not in item:
                 raise ReportError(f"{flag} {item}: expected KEY=VALUE (e.g. {flag} seqpool=x)")
-            k, v = _split(item)
+            k, v = split_override(item)
             pairs[k] = v
     return pairs
 

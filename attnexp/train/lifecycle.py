@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from attnexp.build.objects import CheckpointError, on_gpu, trainable_parameters, weights_source
-from attnexp.config.compose import is_bookkeeping
+from attnexp.config.compose import is_bookkeeping, split_override
 from attnexp.errors import StartupError
 from attnexp.train.rundir import RunRecord, provenance
 from attnexp.train.timing import inference_ms
@@ -53,7 +53,7 @@ def run_hparams(choices: dict, overrides: list[str], swept: list[str]) -> dict:
     def column(key: str) -> str:
         return key if "." in key else f"choice/{key}"
 
-    given = dict(o.lstrip("+~").partition("=")[::2] for o in overrides)
+    given = dict(split_override(o) for o in overrides)
     hparams = {column(k): given[k] for k in swept if k in given and not is_bookkeeping(k)}
     for key, value in given.items():
         if not is_bookkeeping(key):
