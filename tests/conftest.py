@@ -1,4 +1,4 @@
-"""Shared fixtures: composed configs, the CLI in a subprocess, real MNIST images from ../shared."""
+"""Shared fixtures: composed configs, the CLI in a subprocess, real MNIST images (tests/data)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-REFERENCE = SHARED / "reference" / "official_cct_state_dicts.json"
-MNIST_T10K = SHARED / "data" / "mnist-t10k"
+TESTS = REPO / "tests"
+# facts of the official Compact-Transformers code (tests/reference/README.md names the commit)
+REFERENCE = TESTS / "reference" / "official_cct_state_dicts.json"
+TEXT_REFERENCE = TESTS / "reference" / "official_text_cct.json"
+MNIST_T10K = TESTS / "data" / "mnist-t10k"  # the official MNIST test set (tests/data/README.md)
 ATTNEXP = Path(sys.executable).parent / "attnexp"
 
 # CPU tests: few threads, no GPU even if one is present
@@ -22,11 +24,9 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # no test reaches the network: timm / Hugging Face weights come from local files or fail fast
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared is absent (a user's clone)")
-
 # Under CI=true (CI sets it; .ci/run too) a skip is a failure, except a test marked `gpu` (CUDA-only):
-# CI has ../shared and every dev extra, so a skip there is a test that silently did not run.
-# A user's `make test` keeps skipping politely.
+# everything the tests read lives in the repository and CI has every dev extra, so a skip there is a
+# test that silently did not run. A user's `make test` without a dev extra keeps skipping politely.
 STRICT_SKIPS = os.environ.get("CI") == "true"
 
 
@@ -127,8 +127,6 @@ def run_dirs(root: Path) -> list[Path]:
 def mnist_root(tmp_path_factory) -> Path:
     """The official MNIST test set laid out as torchvision expects: its first 8,000 images
     as the train files and the last 2,000 as the test files, under <root>/MNIST/raw/."""
-    if not MNIST_T10K.is_dir():
-        pytest.skip("../shared/data/mnist-t10k is absent (a user's clone)")
     root = tmp_path_factory.mktemp("mnist")
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REFERENCE, TINY, attnexp_main, needs_shared, run_cli, run_dirs, run_in
+from conftest import REFERENCE, TINY, attnexp_main, run_cli, run_dirs, run_in
 from test_official_models import PRESETS
 
 import attnexp
@@ -57,7 +57,6 @@ def test_config_errors_do_not_import_torch():
     assert proc.stderr.strip().endswith("optimizer.lr=abc: expected a number")
 
 
-@needs_shared
 def test_summary_prints_the_parameter_count_of_every_preset(workdir):
     reference = json.loads(REFERENCE.read_text())["models"]
     proc = attnexp_main("-m", "mode=summary", f"model={','.join(PRESETS)}", cwd=workdir)
@@ -158,7 +157,6 @@ def test_val_split_holds_out_part_of_train_and_reports_test_at_best_val(tmp_path
     assert metrics["test_acc1_at_best_val"] == pytest.approx(best) and best != pytest.approx(last), (best, last)
 
 
-@needs_shared
 def test_cct_learns_real_mnist(mnist_root, tmp_path):
     """150 steps of 32 real training digits, no warmup: far above chance (10 %) on 2,000 held-out
     digits (81 % when written; the official recipe's 5 warmup epochs need ~3 epochs for 73 %)."""

@@ -1,4 +1,4 @@
-"""The model presets against the official Compact-Transformers facts (../shared/reference)."""
+"""The model presets against the official Compact-Transformers facts (tests/reference)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import REFERENCE, needs_shared
+from conftest import REFERENCE
 
 import attnexp
 
@@ -44,7 +44,6 @@ CASES = [(official, [f"model={preset}", "data=cifar10"]) for preset, official in
 )
 
 
-@needs_shared
 @pytest.mark.parametrize("official,overrides", CASES, ids=[c[0] for c in CASES])
 def test_keys_shapes_and_counts_match_official(official, overrides):
     ref = reference()[official]
@@ -95,7 +94,6 @@ def test_pretrained_mismatch_is_one_clear_error(tmp_path):
     assert "\n" not in message and "unexpected" in message and "mis-shaped" in message
 
 
-@needs_shared
 def test_every_variant_keeps_the_official_keys():
     """softmax_v / remix / shift × every SeqPool line: exactly the official cct_2_3x2_32 entries."""
     base = {k: s for k, s in reference()["cct_2_3x2_32"]["state_dict"]}

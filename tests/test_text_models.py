@@ -9,7 +9,7 @@ import re
 
 import pytest
 import torch
-from conftest import REPO, SHARED, needs_shared
+from conftest import REPO, TEXT_REFERENCE
 from formulas import (
     MASKED_VALUE_FORMULAS,
     masked_softmax_by_hand,
@@ -26,7 +26,6 @@ from attnexp.layers.attention import Attention
 from attnexp.layers.value_maps import Remix, Shift, TokenSoftmax
 from attnexp.models.text_cct import TextCCT, TextTokenizer
 
-REFERENCE = SHARED / "reference" / "official_text_cct.json"
 PRESET = {"2": "text_cct2", "4": "text_cct4", "6": "text_cct6"}
 
 
@@ -42,10 +41,9 @@ def composed(*overrides: str):
     return split_hydra(compose(["data=text_demo", *overrides], return_hydra_config=True))
 
 
-@needs_shared
 def test_keys_shapes_and_trainable_counts_equal_the_official_models():
     presets = {depth: composed(f"model={name}")[0] for depth, name in PRESET.items()}
-    for name, ref in json.loads(REFERENCE.read_text())["models"].items():
+    for name, ref in json.loads(TEXT_REFERENCE.read_text())["models"].items():
         depth, vocab, classes, seq_len = re.match(
             r"text_cct_(\d)\(vocab_size=(\d+), num_classes=(\d+), seq_len=(\d+)\)", name
         ).groups()

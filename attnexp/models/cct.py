@@ -1,6 +1,6 @@
 """CCT, CVT and ViT-Lite, as in the official Compact-Transformers code (and plain ViTs: layout=pre).
 
-Same state_dict keys, shapes and function (see ../shared/reference/): a
+Same state_dict keys, shapes and function (see tests/reference/): a
 tokenizer, then a `classifier` holding positional embedding, blocks, final
 norm, the pooling (SeqPool or class token) and the linear head. One class
 serves all three families; the presets in conf/model/ pick the numbers.

@@ -4,7 +4,7 @@ Word ids (B, L) → an `embedder` (word vectors, zero at padded words) → a
 `tokenizer` (one convolution across whole word vectors, ReLU, max-pool along the
 sequence) → the vision models' `classifier` (attnexp.models.cct.TransformerClassifier)
 with a padding mask. Same state_dict keys, shapes and trainable counts as the
-official models (../shared/reference/official_text_cct.json), so an official text
+official models (tests/reference/official_text_cct.json), so an official text
 checkpoint loads strictly.
 
 The mask is not an input: a word is real where its id is not `<pad>` (1). It is
