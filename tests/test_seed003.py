@@ -150,17 +150,25 @@ def _copy_into_mha(ours: Attention, dim: int, heads: int) -> nn.MultiheadAttenti
     return ref.eval()
 
 
+# In float64 (the formula is under test, not float32's rounding): each output is three dot products
+# of ≤ 256 terms (qkv, scores·v, proj; γ₂₅₆ = 2.8e-14 relative to Σ|terms| ≤ 1e2 here) around a
+# softmax (relative error ≤ (N + 3)·U64), so both sides are within 1e-11 of the exact value on any
+# CPU's kernels; 1e-10 + 1e-9 relative leaves ten times that.
+F64_ATTENTION = dict(atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.numeric
 @pytest.mark.parametrize("impl", ["explicit", "sdpa"])
 def test_attention_matches_torch_multihead_attention(impl):
     torch.manual_seed(0)
     dim, heads, tokens = 48, 4, 7
-    ours = Attention(dim, heads, qkv_bias=True, impl=impl).eval()
-    ref = _copy_into_mha(ours, dim, heads)
-    x = torch.randn(3, tokens, dim)
+    ours = Attention(dim, heads, qkv_bias=True, impl=impl).double().eval()
+    ref = _copy_into_mha(ours, dim, heads).double()
+    x = torch.randn(3, tokens, dim, dtype=torch.float64)
     expected, maps = ref(x, x, x, need_weights=True, average_attn_weights=False)
-    torch.testing.assert_close(ours(x), expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ours(x), expected, **F64_ATTENTION)
     q, k, _ = ours.qkv(x).reshape(3, tokens, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
-    torch.testing.assert_close(ours.attention_maps(q, k), maps, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ours.attention_maps(q, k), maps, **F64_ATTENTION)
 
 
 def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -168,22 +176,24 @@ def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     return t.reshape(B, N, heads, -1).transpose(1, 2)  # (B, h, N, hd)
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("impl", ["explicit", "sdpa"])
 @pytest.mark.parametrize("scale", [None, 0.3])
 def test_attention_matches_sdpa_with_the_seed_head_geometry(impl, scale):
     # the seed's ViT: 4 heads × 64 on a 128-wide stream, qkv without bias, out projection with bias
     torch.manual_seed(1)
     dim, heads, head_dim = 128, 4, 64
-    ours = Attention(dim, heads, head_dim=head_dim, scale=scale, impl=impl).eval()
+    ours = Attention(dim, heads, head_dim=head_dim, scale=scale, impl=impl).double().eval()
     assert ours.qkv.bias is None and ours.qkv.weight.shape == (3 * heads * head_dim, dim)
-    x = torch.randn(2, 5, dim)
+    x = torch.randn(2, 5, dim, dtype=torch.float64)
     q, k, v = (_heads(t, heads) for t in (x @ ours.qkv.weight.T).split(heads * head_dim, dim=-1))
     out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # None: 1/√head_dim
     merged = out.transpose(1, 2).reshape(2, 5, heads * head_dim)
     expected = merged @ ours.proj.weight.T + ours.proj.bias
-    torch.testing.assert_close(ours(x), expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ours(x), expected, **F64_ATTENTION)
 
 
+@pytest.mark.numeric
 def test_reattention_mixes_heads_then_normalises_over_heads():
     torch.manual_seed(2)
     dim, heads, head_dim, eps = 32, 4, 16, 1e-5
@@ -191,7 +201,8 @@ def test_reattention_mixes_heads_then_normalises_over_heads():
     with torch.no_grad():
         ours.reattn.reattn_norm.weight.uniform_(0.5, 1.5)
         ours.reattn.reattn_norm.bias.uniform_(-0.5, 0.5)
-    x = torch.randn(2, 6, dim)
+    ours.double()
+    x = torch.randn(2, 6, dim, dtype=torch.float64)
     q, k, v = (_heads(t, heads) for t in (x @ ours.qkv.weight.T).split(heads * head_dim, dim=-1))
     maps = torch.softmax(q @ k.transpose(-1, -2) / head_dim**0.5, dim=-1)  # (B, h, N, N)
     W = ours.reattn.reattn_weights
@@ -201,7 +212,7 @@ def test_reattention_mixes_heads_then_normalises_over_heads():
     per_head = (slice(None), None, None)  # (h,) → (h, 1, 1)
     normed = (mixed - mean) / torch.sqrt(var + eps) * gamma[per_head] + beta[per_head]
     out = (normed @ v).transpose(1, 2).reshape(2, 6, heads * head_dim)
-    torch.testing.assert_close(ours(x), ours.proj(out), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ours(x), ours.proj(out), **F64_ATTENTION)
 
 
 # ---------------------------------------------------------------- attention choices on the backbones

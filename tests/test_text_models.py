@@ -61,6 +61,7 @@ def test_an_official_state_dict_loads_strictly_and_the_table_keeps_its_leading_z
     table = model.classifier.positional_emb
     assert table.shape == (1, 34, 128) and not table.requires_grad
     assert torch.equal(table[0, 0], torch.zeros(128))
+    # computed in float64, stored in float32: one rounding, ≤ U32 = 6e-8 for values ≤ 1
     torch.testing.assert_close(table[0, 1:], sine_rows(33, 128), rtol=0, atol=1e-6)
     path = tmp_path / "official.pth"
     torch.save(model.state_dict(), path)
@@ -84,6 +85,7 @@ def test_masked_attention_is_the_official_one(impl, value):
     expected = official_masked_attention(
         x, layer.qkv.weight, layer.proj.weight, layer.proj.bias, 3, mask, lambda v, real: formula(v, real, 0.5)
     )
+    # float64: dot products of ≤ 48 terms and a masked softmax, values ≤ 10: within 1e-13 on any CPU
     torch.testing.assert_close(layer(x, attn_mask=mask), expected, rtol=1e-10, atol=1e-12)
 
 
@@ -208,6 +210,8 @@ def test_with_seqpool_mask_padding_has_no_influence_for_every_choice(nodes, atte
         for h in hooks:
             h.remove()
         assert torch.isfinite(clean).all()
+        # float64: reordered sums of these values (≤ 1e2) differ by ≤ 1e-12 on any CPU; noise of 10 at the
+        # padding leaking through any weight above 1e-7 would exceed 1e-6
         torch.testing.assert_close(noisy, clean, rtol=0, atol=1e-6, msg=f"{attention} × {seqpool}")
 
 
@@ -232,4 +236,6 @@ def test_an_example_never_depends_on_the_rest_of_its_batch(nodes, attention):
         with torch.no_grad():
             together = model(ids)
             alone = torch.cat([model(ids[i : i + 1]) for i in range(len(ids))])
+        # float64, batched and alone are one function by other kernels: ≤ 6 layers of dot products of
+        # ≤ 300 terms (γ₃₀₀ = 3.3e-14) on values ≤ 1e2 stay within 1e-10 on any CPU
         torch.testing.assert_close(together, alone, rtol=0, atol=1e-10, msg=f"{attention} × {seqpool}")

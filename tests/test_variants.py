@@ -55,22 +55,30 @@ def test_softmax_t_columns_sum_to_one_over_tokens():
 
 def _outputs(*overrides, x):
     torch.manual_seed(0)
-    model = attnexp.build_model(["model=cct2", *overrides]).eval()
+    model = attnexp.build_model(["model=cct2", *overrides]).double().eval()
     return model(x)
 
 
+# float64: a CCT-2's logits are ≈ 30 roundings deep (2 convs of ≤ 576 terms, 2 blocks of dot products
+# of ≤ 128 terms, softmaxes, norms; γ₅₇₆ = 6.4e-14) on values of magnitude ≤ 1e2, so two computations
+# of one function agree within 1e-10 on any CPU's kernels; the limits below are exact in the formula.
+F64_MODEL = dict(atol=1e-10, rtol=0)
+
+
+@pytest.mark.numeric
 def test_remix_and_shift_limits():
-    x = torch.randn(3, 3, 32, 32)
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
     softmax = _outputs("attention=softmax", x=x)
     softmax_v = _outputs("attention=softmax_v", x=x)
     remix0 = _outputs("attention=remix", "alpha=constant", "alpha.value=0", x=x)
     remix1 = _outputs("attention=remix", "alpha=constant", "alpha.value=1", x=x)
     shift0 = _outputs("attention=shift", "alpha=constant", "alpha.value=0", x=x)
-    torch.testing.assert_close(remix0, softmax, atol=1e-6, rtol=0)
-    torch.testing.assert_close(remix1, softmax_v, atol=1e-6, rtol=0)
-    torch.testing.assert_close(shift0, softmax, atol=1e-6, rtol=0)
+    torch.testing.assert_close(remix0, softmax, **F64_MODEL)
+    torch.testing.assert_close(remix1, softmax_v, **F64_MODEL)
+    torch.testing.assert_close(shift0, softmax, **F64_MODEL)
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("attention", ATTENTIONS)
 def test_sdpa_and_explicit_paths_agree(attention):
     from attnexp.layers import value_maps
@@ -82,12 +90,14 @@ def test_sdpa_and_explicit_paths_agree(attention):
         "shift": value_maps.Shift(-1.5),
     }
     torch.manual_seed(1)
-    fused = Attention(64, num_heads=4, impl="sdpa", value_map=maps[attention]).eval()
-    explicit = Attention(64, num_heads=4, impl="explicit", value_map=maps[attention]).eval()
+    fused = Attention(64, num_heads=4, impl="sdpa", value_map=maps[attention]).double().eval()
+    explicit = Attention(64, num_heads=4, impl="explicit", value_map=maps[attention]).double().eval()
     explicit.load_state_dict(fused.state_dict())
     assert fused.fused and not explicit.fused
-    x = torch.randn(4, 50, 64)
-    torch.testing.assert_close(fused(x), explicit(x), atol=1e-5, rtol=0)
+    # float64 (one function, two kernels): dot products of ≤ 64 terms around a softmax of 50, values ≤ 10:
+    # both within 1e-12 of the exact output on any CPU
+    x = torch.randn(4, 50, 64, dtype=torch.float64)
+    torch.testing.assert_close(fused(x), explicit(x), atol=1e-11, rtol=0)
 
 
 @pytest.mark.parametrize("seqpool", list(SEQPOOL_FORMULAS))
