@@ -218,24 +218,30 @@ CASES = {
 }
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_matches_loop_reference(name):
     torch.manual_seed(sum(map(ord, name)))
     options = {"num_heads": 2, "K": 3, "qkv_bias": True, **CASES[name]}
     layer = ConvNNAttention(dim=8, **options).double().eval()
     x = torch.randn(2, 7, 8, dtype=torch.float64)
+    # float64, 7 tokens of width 8: dot products of ≤ 24 terms (γ₂₄ = 2.7e-15) and a top-K whose ties a
+    # CPU's kernels could reorder only within 1e-15: both sides within 1e-13; 1e-10 leaves a thousand times
     torch.testing.assert_close(layer(x), reference_layer(layer, x), atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.numeric
 def test_spatial_sampling_matches_reference_on_the_sub_grid():
     torch.manual_seed(1)
     layer = ConvNNAttention(dim=8, num_heads=2, K=3, sampling="spatial", samples=4).double().eval()
     x = torch.randn(2, 10, 8, dtype=torch.float64)  # class token + a 3×3 grid
     # the class token, then the corners of the 3×3 grid (rows/cols 0 and 2): patches 0, 2, 6, 8
     expected = reference_layer(layer, x, candidates=[0, 1 + 0, 1 + 2, 1 + 6, 1 + 8])
+    # float64, as test_matches_loop_reference: within 1e-13 on any CPU
     torch.testing.assert_close(layer(x), expected, atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.numeric
 def test_random_sampling_is_fresh_in_training_and_spatial_in_eval():
     torch.manual_seed(2)
     common = dict(dim=8, num_heads=2, K=3, samples=4)
@@ -260,6 +266,7 @@ def test_every_token_selects_itself_first():
         assert torch.equal(neighbours[..., 0], torch.arange(6).expand(2, 2, 6))
 
 
+@pytest.mark.numeric
 def test_ratio_zero_branch_is_ordinary_attention():
     """branch=attention with branch_ratio=0 (the ablation's baseline) is exactly attnexp's Attention."""
     torch.manual_seed(4)
@@ -272,6 +279,8 @@ def test_ratio_zero_branch_is_ordinary_attention():
         plain.proj.load_state_dict(layer.proj.state_dict())
     x = torch.randn(2, 9, 12, dtype=torch.float64)
     assert layer.convnn is None and trainable(layer) == trainable(plain)
+    # float64, width 12, 9 tokens: dot products of ≤ 12 terms around a softmax of 9 on values ≤ 10 keep
+    # two kernels within 1e-14 of each other
     torch.testing.assert_close(layer(x), plain(x), atol=1e-12, rtol=1e-12)
 
 
@@ -382,6 +391,7 @@ def test_summary_params_and_gflops(tmp_path, capsys):
         )  # the fused kernel has no FLOP count on CPU
         info = run_in(tmp_path / attention, *VIT, f"attention={attention}", "mode=summary", *extra)
         assert info["params"] == params
+        # FLOPs are counted, not computed in floats: exact up to the division by 1e9
         assert info["gflops_per_image"] == pytest.approx(flops / 1e9, rel=1e-9)
         assert json.loads((tmp_path / attention / "summary.json").read_text())["params"] == params
         assert f"{params:,} trainable parameters, {flops / 1e9:.3f} GFLOPs/img" in capsys.readouterr().out

@@ -19,13 +19,17 @@ def cct2():
     return attnexp.build_model(["model=cct2"]).double().eval()
 
 
+@pytest.mark.numeric
 def test_attention_matches_formula(cct2):
     attn = cct2.classifier.blocks[0].self_attn
     x = torch.randn(3, 64, 128, dtype=torch.float64)
     expected = attention_formula(x, attn.qkv.weight, attn.proj.weight, attn.proj.bias, heads=2)
+    # float64: dot products of ≤ 128 terms (γ₁₂₈ = 1.4e-14) on values ≤ 10 around a softmax of 64: within
+    # 1e-12 on any CPU's kernels
     torch.testing.assert_close(attn(x), expected, atol=1e-10, rtol=0)
 
 
+@pytest.mark.numeric
 def test_encoder_layer_matches_official_norm_placement(cct2):
     blk = cct2.classifier.blocks[1]
     a = blk.self_attn
@@ -35,9 +39,12 @@ def test_encoder_layer_matches_official_norm_placement(cct2):
     )
     s = layer_norm(s, blk.norm1.weight, blk.norm1.bias)  # the stream itself is replaced
     expected = s + (gelu_erf(s @ blk.linear1.weight.T + blk.linear1.bias) @ blk.linear2.weight.T + blk.linear2.bias)
+    # float64: attention, two norms and an MLP of dot products of ≤ 256 terms (γ₂₅₆ = 2.8e-14), values ≤ 1e2:
+    # within 1e-11 on any CPU
     torch.testing.assert_close(blk(x), expected, atol=1e-10, rtol=0)
 
 
+@pytest.mark.numeric
 def test_seqpool_and_head_match_formula(cct2):
     clf = cct2.classifier
     x = torch.randn(2, 64, 128, dtype=torch.float64)
@@ -46,6 +53,7 @@ def test_seqpool_and_head_match_formula(cct2):
     w = torch.exp(scores) / torch.exp(scores).sum(1, keepdim=True)
     pooled = (w * normed).sum(1)  # Σ_n w_n x_n
     expected = pooled @ clf.fc.weight.T + clf.fc.bias
+    # float64: a norm, a softmax over 64 tokens and two dot products of ≤ 128 terms: within 1e-12
     torch.testing.assert_close(clf.fc(clf.pool(clf.norm(x))), expected, atol=1e-10, rtol=0)
 
 
@@ -75,6 +83,7 @@ def conv2d_by_hand(x, w, stride, pad):
     return out
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("preset,stride,pad", [("cct2", 1, 1), ("cct14", 2, 3)])
 def test_conv_tokenizer_matches_formula(preset, stride, pad):
     """k=3 → stride 1, pad 1; k=7 → stride 2, pad 3; conv → ReLU → maxpool, flattened row-major."""
@@ -85,9 +94,12 @@ def test_conv_tokenizer_matches_formula(preset, stride, pad):
     for layer in model.tokenizer.conv_layers:
         h = maxpool3s2p1(torch.relu(conv2d_by_hand(h, layer[0].weight, stride, pad)))
     expected = h.flatten(2).transpose(1, 2)
+    # float64: two convolutions of ≤ 576 terms (γ₅₇₆ = 6.4e-14) on values ≤ 1e2 by the library's kernel
+    # and by hand: within 1e-10 on any CPU
     torch.testing.assert_close(model.tokenizer(x), expected, atol=1e-9, rtol=0)
 
 
+@pytest.mark.numeric
 def test_patch_tokenizer_and_class_token():
     model = attnexp.build_model(["model=vitlite7"]).double().eval()
     conv = model.tokenizer.conv_layers[0][0]
@@ -123,6 +135,8 @@ def test_warmup_cosine_per_epoch_matches_official_rule():
         optimizer.step()
         scheduler.step()
     for epoch in [0, 1, 2, 3, 4, 5, 6, 7, 100, 150, 199]:
+        # Python floats both (the scheduler multiplies the base rate by the factor): a few roundings, ≤ 1e-15
         assert seen[epoch] == pytest.approx(official_lr(epoch), rel=1e-12), epoch
     assert seen[:5] == pytest.approx([1e-4, 1.25e-4, 5e-4 / 3, 2.5e-4, 5e-4])
+    # ½(1 + cos π) in float64: cos π = −1 + 1e-16 at worst
     assert warmup_cosine_factor(200, 5, 200) == pytest.approx(0.0, abs=1e-12)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import attnexp_main, compose, copy_tree
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tolerance import gamma, within
+from tolerance import U32, gamma, within
 
 from attnexp.tools import report
 
@@ -55,7 +55,17 @@ def members(sweep_dir: Path) -> dict[str, Path]:
     return {str(p.parent.relative_to(sweep_dir)): p.parent for p in sweep_dir.rglob("metrics.json")}
 
 
-def assert_same_runs(unpacked: Path, packed: Path, k: int, diverged: int = 0) -> None:
+# A pack and its unpacked runs are one training by different kernels (batched by vmap or not): every op
+# may round differently in its last bit, and four AdamW steps carry that on. No closed form bounds how
+# far, so the bound is measured on the machine the test runs on: seed 0 trained again unpacked from
+# initial weights each one float32 ulp away, a last-bit difference in every weight. A member may differ
+# from its run by PACK_DRIFT times that drift, relative to the value (never less than a float32
+# rounding, U32): packing injects last-bit differences at each of the four steps where the nudge
+# injects them once, and 16 covers those four with four times to spare.
+PACK_DRIFT = 16
+
+
+def assert_same_runs(unpacked: Path, packed: Path, k: int, drift: dict[str, float], diverged: int = 0) -> None:
     """Every unpacked run has its member, in the same folder, with the same curves."""
     runs, packs = members(unpacked), members(packed)
     assert set(runs) <= set(packs) and len(runs) == k and len(packs) == k + diverged  # the same folders
@@ -63,11 +73,13 @@ def assert_same_runs(unpacked: Path, packed: Path, k: int, diverged: int = 0) ->
         mine, theirs = curves(packs[name]), curves(run)
         for tag in TAGS:
             assert len(mine[tag]) == len(theirs[tag]) == 2, (name, tag)
-            assert mine[tag] == pytest.approx(theirs[tag], rel=1e-5), (name, tag)
+            bound = [PACK_DRIFT * max(drift[tag], U32) * abs(v) for v in theirs[tag]]
+            within(mine[tag], theirs[tag], bound, tight=1e-5 * max(map(abs, theirs[tag])), what=f"{name} {tag}")
         metrics = json.loads((packs[name] / "metrics.json").read_text())
         assert metrics["status"] == "done" and len(metrics["packed_with"]) == k + diverged - 1
         alone = json.loads((run / "metrics.json").read_text())
-        assert metrics["test_acc1_at_best_val"] == pytest.approx(alone["test_acc1_at_best_val"], rel=1e-5)
+        test_acc1 = alone["test_acc1_at_best_val"]
+        within(metrics["test_acc1_at_best_val"], test_acc1, PACK_DRIFT * max(drift["val/acc1"], U32) * test_acc1)
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +88,37 @@ def seeds(tmp_path_factory):
     return sweep(root, "unpacked", "seed=0,1,2"), sweep(root, "packed", "seed=0,1,2", "sweep.pack=seed"), root
 
 
-def test_packed_seeds_equal_their_unpacked_runs(seeds):
+@pytest.fixture(scope="module")
+def drift(seeds) -> dict[str, float]:
+    """Per tag, the largest relative change a one-ulp nudge of every initial weight makes to seed 0's
+    unpacked curves on this machine (see PACK_DRIFT)."""
+    from attnexp.train import modes
+
+    unpacked, _, root = seeds
+    build = modes.build_model
+
+    def nudged(cfg):
+        model = build(cfg)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.nextafter(p, torch.full_like(p, float("inf"))))
+        return model
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(modes, "build_model", nudged)
+        nudge = sweep(root, "nudged", "seed=0")
+    (twin,) = members(nudge).values()
+    run = members(unpacked)[str(twin.relative_to(nudge))]  # seed 0's folder in the unpacked sweep
+    a, b = curves(run), curves(twin)
+    found = {tag: max(abs(x - y) / abs(x) for x, y in zip(a[tag], b[tag])) for tag in TAGS}
+    print(f"drift of a one-ulp nudge (relative): {found}")
+    return found
+
+
+@pytest.mark.numeric
+def test_packed_seeds_equal_their_unpacked_runs(seeds, drift):
     unpacked, packed, _ = seeds
-    assert_same_runs(unpacked, packed, 3)
+    assert_same_runs(unpacked, packed, 3, drift)
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +131,10 @@ def alphas(tmp_path_factory):
     return unpacked, sweep(root, "packed", *grid, "alpha.value=0,0.5,1,1e38", "sweep.pack=alpha"), grid
 
 
-def test_packed_alpha_values_equal_their_unpacked_runs(alphas):
+@pytest.mark.numeric
+def test_packed_alpha_values_equal_their_unpacked_runs(alphas, drift):
     unpacked, packed, _ = alphas  # the pack also holds a member that diverged at its first step
-    assert_same_runs(unpacked, packed, 3, diverged=1)
+    assert_same_runs(unpacked, packed, 3, drift, diverged=1)  # remix's runs drift as the seeds' do
 
 
 def test_a_diverging_member_is_frozen_and_the_others_go_on(alphas):
@@ -134,7 +175,15 @@ def test_a_member_records_and_logs_what_its_unpacked_run_does(fixture, request):
         assert hparams == their_hparams and "_hparams_/session_start_info" in hparams, name
 
 
-def test_a_packed_sweep_reports_as_the_unpacked_one(seeds):
+@pytest.mark.numeric
+def is_number(text: str) -> bool:
+    try:
+        return float(text) == float(text)  # not NaN
+    except ValueError:
+        return False
+
+
+def test_a_packed_sweep_reports_as_the_unpacked_one(seeds, drift):
     unpacked, packed, root = seeds
     tables = []
     for name, folder in (("unpacked", unpacked), ("packed", packed)):
@@ -143,12 +192,17 @@ def test_a_packed_sweep_reports_as_the_unpacked_one(seeds):
             tables.append(list(csv.DictReader(f)))
     timing = {"wall_time_s", "s_per_epoch"}
     assert len(tables[0]) == len(tables[1]) > 0  # the same rows, and some
+    # means and stds over the seeds of values each within PACK_DRIFT·drift of its run (relative): a mean
+    # moves by at most the largest change, a sample std of 3 by √(3/2) times it
+    rel = 1.23 * PACK_DRIFT * max(*drift.values(), U32)
     for mine, theirs in zip(*tables):
         for key in mine.keys() - timing:
             try:
-                assert float(mine[key]) == pytest.approx(float(theirs[key]), rel=1e-5), key
+                value, scale = float(theirs[key]), max(abs(float(v)) for k, v in theirs.items() if is_number(v))
             except ValueError:
                 assert mine[key] == theirs[key], key
+            else:
+                within(float(mine[key]), value, rel * scale, tight=1e-5 * abs(value), what=key)
 
 
 def test_a_member_checkpoint_is_an_ordinary_run(seeds):
@@ -229,6 +283,7 @@ def test_the_dry_run_shows_the_packs(tmp_path):
     assert "pack 0: jobs 0, 1 together" in proc.stdout and "pack 1: jobs 2, 3 together" in proc.stdout
 
 
+@pytest.mark.numeric
 def test_a_member_resumes_alone_as_its_unpacked_run_does(seeds, tmp_path):
     """A member's last.ckpt holds what an unpacked run's does (its AdamW slice, the loops, its best):
     one more epoch, alone and unpacked, from the packed member and from its unpacked run agree.

@@ -111,6 +111,7 @@ def test_pixel_count_quirk_only_lengthens_the_positional_table():
     assert hybrid.vit.pos_embedding.shape == (1, (196 // 7) ** 2 + 1, dim)
 
 
+@pytest.mark.numeric
 def test_oversized_positional_table_beyond_the_used_rows_has_no_effect():
     model = build_model(["model=vit_seed003", "data=mnist"]).eval()
     x = torch.randn(2, 1, 28, 28)
@@ -124,6 +125,7 @@ def test_oversized_positional_table_beyond_the_used_rows_has_no_effect():
     assert not torch.allclose(model(x), before)
 
 
+@pytest.mark.numeric
 def test_patch_embedding_cuts_row_major_patches_in_p1_p2_c_order():
     embed = PatchEmbedding(in_channels=3, patch_size=4, dim=8)
     embed.norm_in, embed.proj, embed.norm_out = nn.Identity(), nn.Identity(), nn.Identity()
@@ -326,6 +328,7 @@ def _train_briefly(mnist_root, run_dir, model: str, steps: int) -> dict:
         torch.set_num_threads(threads)  # run_mode applied compute.num_threads to the whole process
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("model,steps", [("cnn", 30), ("vit", 60)])
 def test_short_training_on_real_mnist_learns(mnist_root, tmp_path, model, steps):
     metrics = _train_briefly(mnist_root, tmp_path / model, model, steps)

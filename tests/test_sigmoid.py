@@ -34,21 +34,29 @@ def layer():
     return SigmoidAttention(dim=12, num_heads=3).double().eval()
 
 
+@pytest.mark.numeric
 def test_matches_the_formula(layer):
     x = torch.randn(2, 7, 12, dtype=torch.double)
+    # float64, width 12 and 7 tokens: dot products of ≤ 12 terms and a sigmoid on values ≤ 10 keep two
+    # kernels within 1e-14
     torch.testing.assert_close(layer(x), reference(x, layer), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.numeric
 def test_a_mask_counts_only_real_keys_and_padding_has_no_influence(layer):
     x = torch.randn(2, 7, 12, dtype=torch.double)
     mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
     out = layer(x, attn_mask=mask)
+    # float64, as above: within 1e-14 on any CPU
     torch.testing.assert_close(out, reference(x, layer, mask), rtol=1e-10, atol=1e-12)
     x2 = x.clone()
     x2[1, 4:] = torch.randn(3, 12, dtype=torch.double)  # new values at the padded positions
+    # the same kernels on the same real tokens; masked scores weigh exactly 0, so only a reordered sum of
+    # exact zeros could differ: within 1e-14
     torch.testing.assert_close(layer(x2, attn_mask=mask)[1, :4], out[1, :4], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.numeric
 def test_equal_scores_weigh_every_key_about_one_over_n(layer):
     q = k = torch.zeros(1, 3, 9, 4, dtype=torch.double)
     weights = layer.attention_maps(q, k)

@@ -56,6 +56,7 @@ def test_keys_shapes_and_trainable_counts_equal_the_official_models():
         assert sum(p.numel() for p in model.parameters() if p.requires_grad) == ref["trainable"], name
 
 
+@pytest.mark.numeric
 def test_an_official_state_dict_loads_strictly_and_the_table_keeps_its_leading_zero_row(tmp_path):
     model = TextCCT(vocab_size=50, num_classes=3)
     table = model.classifier.positional_emb
@@ -73,6 +74,7 @@ def test_an_official_state_dict_loads_strictly_and_the_table_keeps_its_leading_z
 # ---------------------------------------------------------------- masked attention and value maps
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("impl", ["explicit", "sdpa"])
 @pytest.mark.parametrize("value", ["x", "softmax", "shift"])
 def test_masked_attention_is_the_official_one(impl, value):
@@ -89,6 +91,7 @@ def test_masked_attention_is_the_official_one(impl, value):
     torch.testing.assert_close(layer(x, attn_mask=mask), expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.numeric
 def test_a_padded_query_averages_every_token_uniformly():
     torch.manual_seed(0)
     layer = Attention(dim=8, num_heads=2, impl="explicit").double()
@@ -98,6 +101,7 @@ def test_a_padded_query_averages_every_token_uniformly():
     assert (maps[0, :, :3, 3:] == 0).all()
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("value_map", [TokenSoftmax(10.0), Remix(alpha=0.3), Shift(alpha=-1.0)])
 def test_value_maps_soft_max_over_the_real_tokens_only(value_map):
     v = torch.randn(2, 6, 4, dtype=torch.double)
@@ -113,6 +117,7 @@ def test_value_maps_soft_max_over_the_real_tokens_only(value_map):
 # ---------------------------------------------------------------- the tokenizer
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("kernel", [2, 4, 5])
 def test_the_tokenizer_and_its_mask_propagation_match_the_formulas(kernel):
     torch.manual_seed(kernel)
@@ -196,6 +201,7 @@ def perturb_padding(model: TextCCT, noise: float) -> list:
     ]
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("attention", ATTENTIONS)
 def test_with_seqpool_mask_padding_has_no_influence_for_every_choice(nodes, attention):
     """softmax_dim0 is left out: it soft-maxes over the batch, so a padded position of one
@@ -215,6 +221,7 @@ def test_with_seqpool_mask_padding_has_no_influence_for_every_choice(nodes, atte
         torch.testing.assert_close(noisy, clean, rtol=0, atol=1e-6, msg=f"{attention} × {seqpool}")
 
 
+@pytest.mark.numeric
 def test_without_seqpool_mask_seqpool_reads_the_padding_as_the_official_model_does(nodes):
     model = build(nodes, "softmax", "x", seqpool_mask=False)
     ids = text_batch()
@@ -228,6 +235,7 @@ def test_without_seqpool_mask_seqpool_reads_the_padding_as_the_official_model_do
     assert not torch.allclose(noisy[1:], clean[1:], atol=1e-3)
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("attention", ATTENTIONS)
 def test_an_example_never_depends_on_the_rest_of_its_batch(nodes, attention):
     ids = text_batch()

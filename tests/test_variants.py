@@ -20,6 +20,7 @@ def build(*overrides):
     return attnexp.build_model(["model=cct7", "alpha=constant", f"alpha.value={ALPHA}", *overrides]).double().eval()
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("attention", ATTENTIONS)
 def test_attention_choice_matches_formula(attention):
     attn = build(f"attention={attention}").classifier.blocks[0].self_attn  # 4 heads
@@ -32,18 +33,23 @@ def test_attention_choice_matches_formula(attention):
         heads=4,
         value=lambda v: VALUE_FORMULAS[attention](v, ALPHA),
     )
+    # float64: dot products of ≤ 256 terms (γ₂₅₆ = 2.8e-14) on values ≤ 10 around softmaxes over 17 tokens:
+    # within 1e-12 on any CPU's kernels
     torch.testing.assert_close(attn(x), expected, atol=1e-10, rtol=0)
 
 
+@pytest.mark.numeric
 def test_attention_scale_override():
     attn = build("attention=softmax_v", "attention.scale=0.5").classifier.blocks[0].self_attn
     x = torch.randn(1, 9, 256, dtype=torch.float64)
     expected = attention_formula(
         x, attn.qkv.weight, attn.proj.weight, attn.proj.bias, 4, value=lambda v: softmax_by_hand(v, 1), scale=0.5
     )
+    # float64, as test_attention_choice_matches_formula: within 1e-12 on any CPU
     torch.testing.assert_close(attn(x), expected, atol=1e-10, rtol=0)
 
 
+@pytest.mark.numeric
 def test_softmax_t_columns_sum_to_one_over_tokens():
     from attnexp.layers.value_maps import TokenSoftmax
 
@@ -100,6 +106,7 @@ def test_sdpa_and_explicit_paths_agree(attention):
     torch.testing.assert_close(fused(x), explicit(x), atol=1e-11, rtol=0)
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("seqpool", list(SEQPOOL_FORMULAS))
 def test_seqpool_choice_matches_formula(seqpool):
     clf = build("model=cct2", f"seqpool={seqpool}").classifier
@@ -107,6 +114,7 @@ def test_seqpool_choice_matches_formula(seqpool):
     scores = x @ clf.attention_pool.weight.T + clf.attention_pool.bias
     w = softmax_by_hand(scores, dim=1)  # (B, N, 1) over tokens
     expected = (w * SEQPOOL_FORMULAS[seqpool](x, ALPHA)).sum(dim=1)  # wᵀ·f(x)
+    # float64: a softmax over the tokens and a weighted sum of ≤ 64 terms: within 1e-13
     torch.testing.assert_close(clf.pool(x), expected, atol=1e-10, rtol=0)
 
 
