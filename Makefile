@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo lint test test-slow test-all bench gpu-wheels gpu-check gpu-rehearsal clean
+.PHONY: install demo lint test test-slow test-numeric test-all bench gpu-wheels gpu-check gpu-rehearsal clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ test: $(STAMP) lint
 # the `slow` tier alone (CI runs it after `make test`)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow -p no:cacheprovider
+
+# the tests that compare float values torch computes (marker `numeric`), under another CPU's kernels:
+# ATen's plain ones (no AVX) and oneDNN capped at SSE4.1, so a tolerance accepted on this CPU is
+# checked against one that rounds differently (tests/tolerance.py)
+test-numeric: $(STAMP)
+	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(PY) -m pytest -q -m numeric -p no:cacheprovider
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
