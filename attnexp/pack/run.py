@@ -22,6 +22,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from attnexp.build.objects import (
     best_and_last,
@@ -39,6 +40,7 @@ from attnexp.pack.module import PackedData
 from attnexp.sweep.manifest import read_manifest
 from attnexp.train.callbacks import AtomicCheckpointIO, GracefulStop, StopRequested
 from attnexp.train.lifecycle import Lifecycle, RunFailed, failure_message, inference_timing
+from attnexp.train.module import param_groups
 
 # ---------------------------------------------------------------- what cannot be packed
 
@@ -58,12 +60,25 @@ def refusal(cfg: DictConfig) -> str | None:
         return f"data={cfg.data.name}: its loader cannot give each member its own data order"
     with torch.device("meta"):
         model = build_backbone(cfg)
+    return model_refusal(model)
+
+
+def model_refusal(model: nn.Module) -> str | None:
+    """Why this model's members could not train as their unpacked runs do, or None."""
     kinds = {type(m).__name__ for m in model.modules()}
     if "ConvNNAttention" in kinds:
         return "attention=convnn: its sampling and branches draw outside the members' own masks"
     loose = untaped_randomness(model)
     if loose:
         return f"{loose[0]} draws outside the members' own masks"
+    scales = sorted({group.get("lr_scale", 1.0) for group in param_groups(model)})
+    if scales != [1.0]:  # the pack's optimizer has one group: the scaled ones would train at the full rate
+        rates = ", ".join(f"{s:g}" for s in scales)
+        return f"parameter groups at lr_scale {rates} (model.backbone_lr_scale): a pack trains all at one rate"
+    tracked = [name for name, m in model.named_modules() if getattr(m, "track_running_stats", False)]
+    if tracked:  # vmap would update one set of running statistics for all members, or fail
+        kind = type(model.get_submodule(tracked[0])).__name__
+        return f"{tracked[0]} ({kind}) keeps running statistics: the members would share one set"
     return None
 
 
