@@ -25,9 +25,12 @@ from dataclasses import dataclass
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from attnexp.assemble.objects import build_alpha, make_optimizer, on_gpu
 from attnexp.layers import randomness
 from attnexp.layers.value_maps import scheduled_maps
 from attnexp.train.module import EpochMetrics, EpochRates, EpochRateSchedule, step_seed
@@ -293,6 +296,21 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
             for name, stacked in {**params, **buffers}.items():
                 if name in states[0]:
                     stacked.copy_(torch.stack([s[name] for s in states]).to(stacked.device))
+
+
+def build_pack(cfgs: list[DictConfig], models: list[nn.Module]) -> PackedModule:
+    """The members' models as one vectorised module, trained as each member's run would be (one
+    optimizer over the stacked tensors is K independent AdamWs)."""
+    base = cfgs[0]
+    return PackedModule(
+        models,
+        seeds=[c.seed for c in cfgs],
+        optimizer=make_optimizer(base, on_gpu(base)),
+        scheduler=instantiate(base.scheduler) if base.get("scheduler") else None,
+        label_smoothing=base.label_smoothing,
+        eval_label_smoothing=base.label_smoothing if base.recipe.smooth_eval_loss else 0.0,
+        alphas=[build_alpha(c) for c in cfgs],
+    )
 
 
 class PackedLoader:

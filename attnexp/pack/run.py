@@ -2,8 +2,8 @@
 
 attnexp.sweep.plan groups the sweep's jobs into packs and launches one Hydra job per
 pack, in its first member's folder, naming the members (`sweep.members`: their
-places in sweep.json). Here each member is composed exactly as the unpacked
-sweep composes it, gets its folder where the unpacked sweep puts it (`.hydra`,
+places in sweep.json), each composed there exactly as the unpacked sweep composes
+it (compose_members). Here each member gets its folder where the unpacked sweep puts it (`.hydra`,
 metrics.json with `packed_with`, TensorBoard events, best/last checkpoints that
 `mode=eval` and `attnexp.load_run` read like any other), and the pack trains.
 Each member's records are its own Lifecycle's and it logs through its own Lightning
@@ -13,7 +13,6 @@ logger, as its unpacked run does.
 from __future__ import annotations
 
 import inspect
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,21 +23,19 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from attnexp.build.objects import (
+from attnexp.assemble.objects import (
+    AtomicCheckpointIO,
     best_and_last,
     build_backbone,
     build_data,
     build_model,
-    build_pack,
     make_logger,
     make_trainer,
     seed_and_threads,
 )
-from attnexp.config.compose import compose, hydra_config, set_hydra_key, split_hydra
 from attnexp.layers.randomness import untaped_randomness
-from attnexp.pack.module import PackedData
-from attnexp.sweep.manifest import read_manifest
-from attnexp.train.callbacks import AtomicCheckpointIO, GracefulStop, StopRequested
+from attnexp.pack.module import PackedData, build_pack
+from attnexp.train.callbacks import GracefulStop, StopRequested
 from attnexp.train.lifecycle import Lifecycle, RunFailed, failure_message, inference_timing
 from attnexp.train.module import param_groups
 
@@ -108,25 +105,6 @@ class Member:
         OmegaConf.save(self.cfg, folder / "config.yaml")
         OmegaConf.save(OmegaConf.create({"hydra": self.job}), folder / "hydra.yaml")
         OmegaConf.save(OmegaConf.create(self.overrides), folder / "overrides.yaml")
-
-
-def compose_members(lead: DictConfig) -> list[tuple[DictConfig, DictConfig, list[str]]]:
-    """(job config, its hydra node, overrides) of every member, composed as the sweep composed them."""
-    from hydra.core.hydra_config import HydraConfig
-
-    sweep_dir = HydraConfig.get().sweep.dir
-    master = OmegaConf.load(Path(sweep_dir) / "multirun.yaml")
-    jobs = read_manifest(sweep_dir)
-    out = []
-    for index in lead.sweep.members:
-        job = jobs[index]
-        cfg = compose(job.overrides, return_hydra_config=True, master=master)
-        set_hydra_key(cfg, "hydra.runtime.output_dir", os.path.abspath(os.path.join(sweep_dir, job.dir)))
-        with hydra_config(cfg):
-            body, _ = split_hydra(cfg)
-            OmegaConf.resolve(body)
-        out.append((body, cfg.hydra, list(job.overrides)))
-    return out
 
 
 # ---------------------------------------------------------------- recording each member
@@ -267,10 +245,10 @@ def same_pack(checkpoint: Path, member_dirs: list[str]) -> bool:
     return saved.get("member_dirs") == member_dirs
 
 
-def train_pack(lead: DictConfig) -> dict:
-    """Train the pack named by `lead.sweep.members`; each member's metrics.json ends done, diverged,
-    interrupted or failed (with its one-line reason; the traceback in the first member's error.txt)."""
-    composed = compose_members(lead)
+def train_pack(composed: list[tuple[DictConfig, DictConfig, list[str]]]) -> dict:
+    """Train the pack of these members ((job config, its hydra node, overrides) each: attnexp.sweep.plan's
+    compose_members); each member's metrics.json ends done, diverged, interrupted or failed (with its
+    one-line reason; the traceback in the first member's error.txt)."""
     dirs = [str(cfg.paths.output_dir) for cfg, _, _ in composed]
     pack_ckpt = Path(dirs[0]) / "checkpoints" / "pack_last.ckpt"
     resume = str(pack_ckpt) if same_pack(pack_ckpt, dirs) else None

@@ -1,29 +1,11 @@
-"""The runner's own Lightning callbacks: the epoch record, the signal-safe stop, atomic checkpoint writes."""
+"""The runner's own Lightning callbacks: the epoch record, the signal-safe stop."""
 
 from __future__ import annotations
 
-import os
 import signal
 import time
-from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
-from pytorch_lightning.plugins.io import TorchCheckpointIO
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save to a temp file in the same folder, then rename: a kill mid-write keeps the previous file."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
 
 
 def _scalar(metrics: dict, key: str) -> float | None:

@@ -15,11 +15,10 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from attnexp.build.objects import (
+from attnexp.assemble.objects import (
     best_and_last,
     build_data,
     build_model,
-    build_module,
     example_input,
     forward_gflops,
     load_weights,
@@ -31,7 +30,7 @@ from attnexp.build.objects import (
 )
 from attnexp.train.callbacks import GracefulStop, RunRecorder, StopRequested
 from attnexp.train.lifecycle import Lifecycle, RunFailed, failure_message, inference_timing
-from attnexp.train.module import ClassifierModule, NonFiniteLoss
+from attnexp.train.module import ClassifierModule, NonFiniteLoss, build_module
 from attnexp.train.rundir import RunRecord
 
 

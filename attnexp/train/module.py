@@ -12,8 +12,11 @@ from typing import Callable
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch import nn
 
+from attnexp.assemble.objects import build_alpha, channels_last_tokenizer, make_optimizer, maybe_compile, on_gpu
 from attnexp.layers.value_maps import scheduled_maps
 from attnexp.schedules import AlphaSchedule
 
@@ -253,3 +256,20 @@ class ClassifierModule(EpochRateSchedule, pl.LightningModule):
                 f"attnexp: resuming with a changed schedule ({changed}): the rate follows the new config from here",
                 file=sys.stderr,
             )
+
+
+def build_module(cfg: DictConfig, model: torch.nn.Module, run_config: dict | None = None) -> ClassifierModule:
+    """The training module around a backbone, with the fast-path switches (shared with attnexp-bench)."""
+    gpu = on_gpu(cfg)
+    channels_last_tokenizer(model)  # on the CPU too: CCT-2's train step runs ~1.2× faster (docs/speed.md)
+    return ClassifierModule(
+        maybe_compile(model, cfg.compute.compile),
+        optimizer=make_optimizer(cfg, gpu),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        label_smoothing=cfg.label_smoothing,
+        eval_label_smoothing=cfg.label_smoothing if cfg.recipe.smooth_eval_loss else 0.0,
+        alpha=build_alpha(cfg),
+        run_config=run_config,
+        nonfinite_every=cfg.trainer.log_every_n_steps if gpu else 1,
+        seed=cfg.seed,
+    )
