@@ -132,6 +132,13 @@ def test_every_package_folder_ships():
     assert folders | {"attnexp.conf"} == listed
 
 
+def test_no_module_writes_model_checkpoints_state():
+    """attnexp's own Checkpoints callback writes every checkpoint: no module spells the internal state
+    keys of Lightning's ModelCheckpoint (a release renaming one would break resumes silently)."""
+    keys = ("best_model_score", "best_k_models", "kth_value", "kth_best_model_path")
+    assert [(p.name, k) for p in PACKAGE.rglob("*.py") for k in keys if k in p.read_text()] == []
+
+
 def test_no_module_reaches_into_anothers_private_names():
     assert private_reaches() == []
 

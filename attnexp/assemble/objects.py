@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import nn
 
@@ -109,7 +110,17 @@ def read_checkpoint(path: str, key: str) -> dict:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save to a temp file in the same folder, then rename: a kill mid-write keeps the previous file."""
+    """torch.save to a temp file in the same folder, then rename: a kill mid-write keeps the previous file.
+    Reads a run folder written while Lightning's ModelCheckpoint kept its checkpoints (the cda3209
+    fixture) without that callback's states: attnexp.train.callbacks.Checkpoints finds the best so far
+    in the history, and a state no callback answers to would be reported as lost on resume."""
+
+    def load_checkpoint(self, *args, **kwargs) -> dict:
+        checkpoint = super().load_checkpoint(*args, **kwargs)
+        states = checkpoint.get("callbacks") or {}
+        for key in [k for k in states if str(k).startswith("ModelCheckpoint{")]:
+            del states[key]
+        return checkpoint
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
@@ -271,12 +282,12 @@ def make_optimizer(cfg: DictConfig, on_gpu: bool):
     return instantiate(cfg.optimizer, **({"fused": True} if fused else {}))
 
 
-def make_trainer(
-    cfg: DictConfig, callbacks: list, logger, root_dir: str | None = None, checkpointing: bool = True
-) -> pl.Trainer:
+def make_trainer(cfg: DictConfig, callbacks: list, logger, root_dir: str | None = None) -> pl.Trainer:
     """Lightning's Trainer from the trainer node (hydra.utils.instantiate); attnexp fills what
     depends on the machine (auto accelerator, precision and progress bar) and its own parts.
-    `root_dir`: the run's folder (None for the start-up check, which writes nothing)."""
+    `root_dir`: the run's folder (None for the start-up check, which writes nothing). Checkpoints are
+    written by the callbacks given (a run's and a pack's: attnexp.train.callbacks.Checkpoints), never
+    by a default of Lightning's."""
     # the console keeps attnexp's own lines: no start-up banners (accelerator availability, tips), no
     # warnings that do not apply to our loaders
     for name in ("pytorch_lightning", "lightning_fabric"):
@@ -296,7 +307,7 @@ def make_trainer(
         callbacks=callbacks + extra,
         logger=logger,
         default_root_dir=root_dir,
-        enable_checkpointing=checkpointing,  # a pack writes its members' checkpoints itself
+        enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks),
         plugins=[AtomicCheckpointIO()],
     )
 
@@ -304,19 +315,6 @@ def make_trainer(
 def make_logger(cfg: DictConfig):
     """The logger group's choice (TensorBoard by default), writing into the run's folder."""
     return instantiate(cfg.logger) if cfg.get("logger") else False
-
-
-def best_and_last(ckpt_dir) -> tuple:
-    """The run's best.ckpt (by validation top-1) and last.ckpt (every epoch). Two callbacks: Lightning's
-    save_last only rewrites last.ckpt when the best improved, so a resume would repeat epochs.
-    (A packed member's checkpoints are written to match.)"""
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
-    best = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor="val/acc1", mode="max", auto_insert_metric_name=False
-    )
-    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False)
-    return best, last
 
 
 def forward_gflops(cfg: DictConfig, model: nn.Module) -> float:

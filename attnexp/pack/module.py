@@ -31,6 +31,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from attnexp.assemble.objects import build_alpha, make_optimizer, on_gpu
+from attnexp.data.loader import ResumableLoader
 from attnexp.layers import randomness
 from attnexp.layers.value_maps import scheduled_maps
 from attnexp.train.module import EpochMetrics, EpochRates, EpochRateSchedule, step_seed
@@ -84,7 +85,9 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
         self.alpha_values: list[float | None] = [None] * self.size
         self._plans: dict[tuple, list] = {}
         self._frozen: dict[int, dict] = {}  # member → its weights and AdamW state when it diverged
-        self.member_dirs: list[str] = []  # the members' folders (a resumed pack must be the same pack)
+        # the members' folders (a resumed pack must be the same pack) and configs (in their checkpoints)
+        self.member_dirs: list[str] = []
+        self.run_configs: list[dict] = [{}] * self.size
         self.last_dump: dict | None = None  # the pack's latest Lightning checkpoint (on_save_checkpoint)
 
     # ------------------------------------------------------------ the vectorised forward
@@ -267,14 +270,31 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
         }
         self.last_dump = checkpoint  # what each member's own resumable checkpoint is cut from
 
-    def member_optimizer_state(self, k: int, state: dict) -> dict:
-        """Member k's slice of the pack's AdamW state: what its unpacked run's optimizer holds
-        (the same parameters in the same order, one group)."""
+    def member_checkpoint(self, k: int) -> dict:
+        """Member k's own checkpoint (attnexp.train.callbacks.Checkpoints): its weights and config
+        (mode=eval, load_run), and, while it trains, cut from the pack's latest checkpoint what its
+        unpacked run's holds to resume alone: its slice of AdamW's state (the same parameters in the
+        same order, one group) and the loops; a diverged member's frozen weights, nothing to resume."""
+        checkpoint = {
+            "state_dict": {f"model.{key}": value for key, value in self.member_state_dict(k).items()},
+            "attnexp_config": self.run_configs[k],
+            "alpha": self.alpha_values[k],
+            "packed_with": [d for d in self.member_dirs if d != self.member_dirs[k]],
+            "pytorch-lightning_version": pl.__version__,
+        }
+        dump, state = self.last_dump, self.members[k]
+        if dump is None or state.diverged_step is not None:
+            return checkpoint | {"epoch": self.current_epoch, "global_step": state.diverged_step}
+        optimizer = dump["optimizer_states"][0]
         sliced = {
             i: {name: (v[k].clone() if torch.is_tensor(v) and v.dim() > 0 else v) for name, v in per_param.items()}
-            for i, per_param in state["state"].items()
+            for i, per_param in optimizer["state"].items()
         }
-        return {"state": sliced, "param_groups": state["param_groups"]}
+        resume = {
+            key: v for key, v in dump.items() if key not in ("state_dict", "optimizer_states", "pack", "callbacks")
+        }
+        optimizer_states = [{"state": sliced, "param_groups": optimizer["param_groups"]}]
+        return resume | checkpoint | {"optimizer_states": optimizer_states}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint["pack"]
@@ -313,22 +333,20 @@ def build_pack(cfgs: list[DictConfig], models: list[nn.Module]) -> PackedModule:
     )
 
 
-class PackedLoader:
+class PackedLoader(ResumableLoader):
     """K seeded TensorLoaders as one: each batch stacks the members' own batches (K, B, ...);
     members that share a seed share their batch (B, ...), fed to every member."""
 
     def __init__(self, loaders: list):
+        super().__init__()
         self.loaders = loaders
         self.shared = len({lo.seed for lo in loaders}) == 1 or not loaders[0].shuffle
-        self.sampler = self
-        self.batch_sampler = None
-        self.consumed = 0
-        self._resume_at = 0
 
     def __len__(self) -> int:
         return len(self.loaders[0])
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         for lo in self.loaders:
             lo.epoch = epoch
 
@@ -340,18 +358,9 @@ class PackedLoader:
 
     def __iter__(self):
         # a generator: its body runs on the first next(), after Lightning has set the epoch
-        epoch, start = self.loaders[0].epoch, self._resume_at
-        self._resume_at = 0
-        for i in range(start, len(self)):
+        epoch, batches = self.positions()
+        for i in batches:
             yield self.batch(epoch, i)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.loaders[0].epoch, "consumed": self.consumed}
-
-    def load_state_dict(self, state: dict) -> None:
-        """A resumed pack continues after the last batch it trained on (as TensorLoader does)."""
-        self.set_epoch(state["epoch"])
-        self._resume_at = state["consumed"] if state["consumed"] < len(self) else 0
 
 
 class PackedData(pl.LightningDataModule):

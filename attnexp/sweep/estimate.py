@@ -94,7 +94,7 @@ def step_seconds(cfg: DictConfig, module, batch: tuple, steps: int, warmup: int 
             devices=1, strategy="auto", enable_progress_bar=False, enable_model_summary=False,
         )  # fmt: skip
     clock = step_clock(warmup)
-    trainer = objects.make_trainer(cfg, [clock], logger=False, checkpointing=False)
+    trainer = objects.make_trainer(cfg, [clock], logger=False)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*no `val_dataloader`.*")  # none, on purpose
         trainer.fit(module, train_dataloaders=itertools.repeat(batch, warmup + steps))  # a list: many loaders

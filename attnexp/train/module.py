@@ -164,6 +164,7 @@ class ClassifierModule(EpochRateSchedule, pl.LightningModule):
         self.seed = seed
         self.nonfinite_every = nonfinite_every  # 1 on CPU (free); larger on GPU to avoid a sync per step
         self._first_bad_step: torch.Tensor | None = None
+        self.last_dump: dict | None = None  # the latest checkpoint saved (on_save_checkpoint)
         # keys name the stage (nn.Module's own `train` is taken); each moves to the device with the model
         self.epoch_metrics = nn.ModuleDict({f"{stage}_metrics": EpochMetrics() for stage in ("train", "val", "test")})
 
@@ -246,6 +247,11 @@ class ClassifierModule(EpochRateSchedule, pl.LightningModule):
             raise NonFiniteLoss(self.global_step, "weights")
         checkpoint["attnexp_config"] = self.run_config
         checkpoint["alpha"] = self.alpha_value
+        self.last_dump = checkpoint
+
+    def member_checkpoint(self, k: int) -> dict:
+        """The run's own checkpoint, as last saved (attnexp.train.callbacks.Checkpoints)."""
+        return self.last_dump
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if checkpoint.get("alpha") is not None:
