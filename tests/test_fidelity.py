@@ -63,7 +63,7 @@ def test_label_smoothing_on_the_train_loss_and_on_the_eval_loss_by_recipe(recipe
 
     module.model = Known()
     for stage, smoothing in (("train", 0.1), ("val", eval_smoothing)):
-        loss = module._shared_step((torch.zeros(6, 3, 32, 32), labels), stage)
+        loss = module.shared_step((torch.zeros(6, 3, 32, 32), labels), stage)
         log_p = logits.log_softmax(-1)
         expected = -((1 - smoothing) * log_p[range(6), labels] + smoothing * log_p.mean(-1)).mean()
         assert loss.item() == pytest.approx(expected.item(), rel=1e-6), stage

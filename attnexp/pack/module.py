@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
@@ -34,7 +33,7 @@ from attnexp.assemble.objects import build_alpha, make_optimizer, on_gpu
 from attnexp.data.loader import ResumableLoader
 from attnexp.layers import randomness
 from attnexp.layers.value_maps import scheduled_maps
-from attnexp.train.module import EpochMetrics, EpochRates, EpochRateSchedule, step_seed
+from attnexp.train.module import TrainingModule, step_seed
 
 
 def _safe(name: str) -> str:
@@ -45,13 +44,11 @@ def _safe(name: str) -> str:
 class MemberState:
     """What the pack tracks for one member between epochs."""
 
-    seed: int
-    alpha: object = None  # its α schedule (None: no α)
     diverged_step: int | None = None
     best_state: dict | None = None  # its weights at the best validation top-1 (CPU copies)
 
 
-class PackedModule(EpochRateSchedule, pl.LightningModule):
+class PackedModule(TrainingModule):
     def __init__(
         self,
         models: list[nn.Module],
@@ -62,8 +59,8 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
         eval_label_smoothing: float = 0.0,
         alphas: list | None = None,
     ):
-        super().__init__()
-        self.size = len(models)
+        alphas = alphas or [None] * len(seeds)
+        super().__init__(len(models), optimizer, scheduler, label_smoothing, eval_label_smoothing, seeds, alphas)
         params, buffers = stack_module_state(models)
         self.names = {_safe(k): k for k in [*params, *buffers]}
         # an OrderedDict: ParameterDict sorts a plain dict's keys, and the optimizer's state must be in
@@ -74,21 +71,13 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
         self.state_keys = list(models[0].state_dict())  # what a member's own checkpoint holds
         self._base = [copy.deepcopy(models[0]).to("meta")]  # a list: not a submodule (no meta parameters)
         self.alpha_keys = [k for k in buffers if k.rsplit(".", 1)[-1] == "alpha"] if scheduled_maps(models[0]) else []
-        self.members = [MemberState(seed, a) for seed, a in zip(seeds, alphas or [None] * len(seeds))]
-        self.optimizer_factory = optimizer
-        self.epoch_rates = EpochRates(scheduler) if scheduler is not None else None
-        self.base_lrs: list[float] = []
-        self.label_smoothing, self.eval_label_smoothing = label_smoothing, eval_label_smoothing
-        self.metrics = nn.ModuleList(
-            nn.ModuleDict({f"{stage}_metrics": EpochMetrics() for stage in ("train", "val", "test")}) for _ in models
-        )
-        self.alpha_values: list[float | None] = [None] * self.size
+        self.alpha_driven = bool(self.alpha_keys)
+        self.members = [MemberState() for _ in models]
         self._plans: dict[tuple, list] = {}
         self._frozen: dict[int, dict] = {}  # member → its weights and AdamW state when it diverged
         # the members' folders (a resumed pack must be the same pack) and configs (in their checkpoints)
         self.member_dirs: list[str] = []
         self.run_configs: list[dict] = [{}] * self.size
-        self.last_dump: dict | None = None  # the pack's latest Lightning checkpoint (on_save_checkpoint)
 
     # ------------------------------------------------------------ the vectorised forward
     @property
@@ -120,7 +109,7 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
         if not plan:
             return []
         like = torch.empty(0, device=self.device)
-        gens = [torch.Generator(self.device).manual_seed(step_seed(m.seed, step)) for m in self.members]
+        gens = [torch.Generator(self.device).manual_seed(step_seed(seed, step)) for seed in self.seeds]
         drawn = [[randomness.fresh_mask(like, s, keep, g) for s, keep in plan] for g in gens]
         return [torch.stack([member[i] for member in drawn]) for i in range(len(plan))]
 
@@ -136,59 +125,32 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
         return vmap(one, in_dims=(0, 0, None if shared else 0, 0), randomness="error")(params, buffers, x, masks)
 
     # ------------------------------------------------------------ α and the learning rate
-    def set_alpha(self, values: list[float]) -> None:
+    def set_alphas(self, values: list[float]) -> None:
         self.alpha_values = values
         level = torch.tensor(values, device=self.device)
         _, buffers = self.tensors()
         for key in self.alpha_keys:
             buffers[key].copy_(level.to(buffers[key].dtype))
 
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        loader = self.trainer.train_dataloader
-        if hasattr(loader, "consumed"):
-            loader.consumed = batch_idx + 1
-        if self.alpha_keys:
-            n = self.trainer.num_training_batches
-            self.set_alpha([m.alpha(self.global_step, n) for m in self.members])
-
-    def on_train_epoch_end(self) -> None:
-        self.set_lr(self.current_epoch + 1)
-
     def trained(self) -> nn.Module:
         return self.stacked
 
     # ------------------------------------------------------------ steps
-    def alive(self) -> list[int]:
+    def member_logits(self, x: torch.Tensor, shared: bool, train: bool) -> torch.Tensor:
+        """Training: each member's own dropout masks for this step (drawn as its unpacked run's)."""
+        self.base.train(train)
+        masks = self.member_masks(tuple(x.shape if shared else x.shape[1:]), self.global_step) if train else []
+        return self.forward_members(x, shared, masks)
+
+    def alive(self, losses: torch.Tensor | None = None) -> list[int]:
+        """The members still training; one whose `losses` turned non-finite is frozen from now on."""
+        if losses is not None:
+            bad = (~torch.isfinite(losses.detach())).nonzero().flatten().tolist()  # a host sync per step
+            for k in bad:
+                if self.members[k].diverged_step is None:
+                    self.members[k].diverged_step = self.global_step
+                    self._frozen[k] = self._slice(k)
         return [k for k, m in enumerate(self.members) if m.diverged_step is None]
-
-    def _losses(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
-        K, B = logits.shape[:2]
-        labels = labels.expand(K, B) if labels.dim() == 1 else labels
-        flat = F.cross_entropy(
-            logits.float().flatten(0, 1), labels.flatten(), label_smoothing=smoothing, reduction="none"
-        )
-        return flat.view(K, B).mean(1), labels
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, labels = batch
-        shared = labels.dim() == 1
-        self.base.train()
-        member_shape = tuple(images.shape) if shared else tuple(images.shape[1:])
-        masks = self.member_masks(member_shape, self.global_step)
-        logits = self.forward_members(images, shared, masks)
-        losses, labels = self._losses(logits, labels, self.label_smoothing)
-        self._freeze_diverged(losses)
-        alive = self.alive()
-        for k in alive:
-            self.metrics[k]["train_metrics"].update(losses[k], logits[k], labels[k])
-        return losses[alive].sum()
-
-    def _freeze_diverged(self, losses: torch.Tensor) -> None:
-        bad = (~torch.isfinite(losses.detach())).nonzero().flatten().tolist()  # a host sync per step
-        for k in bad:
-            if self.members[k].diverged_step is None:
-                self.members[k].diverged_step = self.global_step
-                self._frozen[k] = self._slice(k)
 
     def _slice(self, k: int) -> dict:
         optimizer = self.trainer.optimizers[0] if self.trainer is not None and self.trainer.optimizers else None
@@ -227,43 +189,15 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
         for g in grads:
             g.mul_(coef.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
 
-    def _eval_step(self, batch, stage: str) -> None:
-        images, labels = batch
-        self.base.eval()
-        logits = self.forward_members(images, shared=labels.dim() == 1)
-        smoothing = self.label_smoothing if stage == "train" else self.eval_label_smoothing
-        losses = F.cross_entropy(
-            logits.float().flatten(0, 1),
-            labels.expand(self.size, -1).flatten() if labels.dim() == 1 else labels.flatten(),
-            label_smoothing=smoothing,
-            reduction="none",
-        ).view(self.size, -1)
-        for k in range(self.size):
-            target = labels if labels.dim() == 1 else labels[k]
-            self.metrics[k][f"{stage}_metrics"].update(losses[k].mean(), logits[k], target)
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
     def epoch_metrics(self, stage: str) -> list[dict[str, float] | None]:
-        out = []
-        for k in range(self.size):
-            metrics = self.metrics[k][f"{stage}_metrics"]
-            out.append({n: float(v) for n, v in metrics.compute().items()} if metrics.seen else None)
-        return out
+        return [values and {n: float(v) for n, v in values.items()} for values in self.epoch_values(stage)]
 
     # ------------------------------------------------------------ a pack's checkpoint (Ctrl-C / SIGTERM)
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """What a resumed pack needs beyond weights, optimizer and loops: each member's
         best weights and divergence, the frozen slices, the α values, and who the members are."""
         checkpoint["pack"] = {
-            "members": [
-                {k: v for k, v in vars(m).items() if k != "alpha"}  # the schedule is rebuilt from the config
-                for m in self.members
-            ],
+            "members": [vars(m) for m in self.members],
             "frozen": self._frozen,
             "alpha_values": self.alpha_values,
             "member_dirs": self.member_dirs,
@@ -303,7 +237,7 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
                 setattr(member, key, value)
         self._frozen = saved["frozen"]
         if self.alpha_keys and saved["alpha_values"][0] is not None:
-            self.set_alpha(saved["alpha_values"])
+            self.set_alphas(saved["alpha_values"])
 
     # ------------------------------------------------------------ members as ordinary models
     def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
