@@ -205,6 +205,9 @@ def test_sigterm_then_resume_continues_the_pack_bit_exact(seeds, tmp_path, monke
         (["seed=0,1", "sweep.pack=seed", "trainer.devices=2"], "a pack trains on one device"),
         (["seed=0,1", "sweep.pack=seed", "attention=convnn", "attention.K=3"], "attention=convnn"),
         (["seed=0,1", "sweep.pack=seed", *TIMM_TINY, "model.backbone_lr_scale=0.1"], "lr_scale 0.1, 1"),
+        # the seeds' paths not packed yet (docs/speed.md says what it would take)
+        (["seed=0,1", "sweep.pack=seed", *TIMM_TINY, "model.drop_path_rate=0.1"], "(DropPath, p=0.1) draws outside"),
+        (["seed=0,1", "sweep.pack=seed", "model=text_cct2", "data=text_demo"], "data=text_demo: its loader cannot"),
     ],
 )
 def test_what_cannot_be_packed_is_refused_at_start_up(tmp_path, args, needle):
