@@ -34,8 +34,8 @@ def build_model(overrides: list[str] | None = None, compile: bool = False):
     Touches no dataset file. `model.pretrained=PATH` loads weights strictly;
     compile=True (or compute.compile=true) returns a torch.compile'd module.
     """
-    from attnexp.build.objects import build_model as _build
-    from attnexp.build.objects import maybe_compile
+    from attnexp.assemble.objects import build_model as _build
+    from attnexp.assemble.objects import maybe_compile
 
     cfg = compose_config(overrides)
     return maybe_compile(_build(cfg), compile or cfg.compute.compile)
@@ -53,8 +53,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
     """A finished (or interrupted) run: its config, metrics.json and the model with its weights."""
     from omegaconf import OmegaConf
 
-    from attnexp.build.objects import build_model as _build
-    from attnexp.build.objects import load_weights
+    from attnexp.assemble.objects import build_model as _build
+    from attnexp.assemble.objects import load_weights
 
     run_dir = Path(run_dir)
     config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")

@@ -30,8 +30,8 @@ from attnexp.layers.contract import CONTRACT  # noqa: E402
 TARGET = REPO / "attnexp" / "config" / "schema.py"
 
 # Keys a config holds that no constructor takes: read by another object, so null unless set.
-BUILD_KEYS = {"pretrained": "Optional[str]"}  # weights loaded by attnexp.build.objects, not the constructor
-OFFICIAL = BUILD_KEYS | {"official_name": "Optional[str]"}  # the official checkpoint's name (attnexp.build)
+BUILD_KEYS = {"pretrained": "Optional[str]"}  # weights loaded by attnexp.assemble.objects, not the constructor
+OFFICIAL = BUILD_KEYS | {"official_name": "Optional[str]"}  # the official checkpoint's name (attnexp.assemble)
 LAYERS = {"layers": "Optional[List[int]]"}  # the blocks an attention applies to (layers.block.attention_per_block)
 # The attention contract's keywords (and DeepViT's reattention=True) are the backbone's to pass: null in
 # the config, since a value set there wins over the backbone's (layers.block.bind_attention).

@@ -15,8 +15,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from attnexp.build.objects import build_model
-from attnexp.build.preflight import check_built, example_input
+from attnexp.assemble.objects import build_model
+from attnexp.assemble.preflight import check_built, example_input
 from attnexp.config.compose import compose, group_options, split_hydra
 from attnexp.config.rules import validate
 from attnexp.errors import ConfigError

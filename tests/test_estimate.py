@@ -1,6 +1,6 @@
 """The dry run's estimate times the step a run trains: the module (or a pack's PackedModule) built by
-the run's factories (attnexp.build.objects), stepped by its own training_step inside a Trainer that
-make_trainer built, under that Trainer's precision. (attnexp-bench's side: tests/test_speed_paths.py.)"""
+the run's factories (attnexp.train.module, attnexp.pack.module), stepped by its own training_step inside
+a Trainer that make_trainer built, under that Trainer's precision. (attnexp-bench's side: tests/test_speed_paths.py.)"""
 
 from __future__ import annotations
 
@@ -9,24 +9,26 @@ import torch
 from conftest import TINY, attnexp_main, compose
 from formulas import cct_forward_gflops
 
-from attnexp.build import objects
+from attnexp.assemble import objects
+from attnexp.pack import module as pack_module
 from attnexp.pack.module import PackedModule
 from attnexp.sweep.estimate import TIMED_STEPS
+from attnexp.train import module as run_module
 from attnexp.train.module import ClassifierModule
 
-FACTORIES = ("build_module", "build_pack", "make_trainer")
+FACTORIES = {"build_module": run_module, "build_pack": pack_module, "make_trainer": objects}
 
 
 class FactorySpy:
-    """What the factories built (wrapped where the consumers look them up: attnexp.build.objects),
+    """What the factories built (wrapped where the consumers look them up: their modules),
     and every training step of a module: which module, inside which Trainer, with CPU autocast
     on or off, on what input shape."""
 
     def __init__(self, monkeypatch):
         self.built: dict[str, list] = {name: [] for name in FACTORIES}
         self.steps: list[dict] = []
-        for name in FACTORIES:
-            monkeypatch.setattr(objects, name, self._recording(name, getattr(objects, name)))
+        for name, where in FACTORIES.items():
+            monkeypatch.setattr(where, name, self._recording(name, getattr(where, name)))
         for cls in (ClassifierModule, PackedModule):
             monkeypatch.setattr(cls, "training_step", self._stepping(cls.training_step))
 

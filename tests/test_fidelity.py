@@ -53,7 +53,7 @@ def test_optimizer_is_adamw_with_torch_defaults_on_every_parameter():
 @pytest.mark.numeric
 @pytest.mark.parametrize("recipe,eval_smoothing", [("fast", 0.0), ("official", 0.1)])
 def test_label_smoothing_on_the_train_loss_and_on_the_eval_loss_by_recipe(recipe, eval_smoothing):
-    from attnexp.build.objects import build_module
+    from attnexp.train.module import build_module
 
     cfg = compose("model=cct2", "data=fake", f"recipe={recipe}")
     module = build_module(cfg, attnexp.build_model(["model=cct2", "data=fake"]))
@@ -65,7 +65,7 @@ def test_label_smoothing_on_the_train_loss_and_on_the_eval_loss_by_recipe(recipe
 
     module.model = Known()
     for stage, smoothing in (("train", 0.1), ("val", eval_smoothing)):
-        loss = module._shared_step((torch.zeros(6, 3, 32, 32), labels), stage)
+        loss = module.shared_step((torch.zeros(6, 3, 32, 32), labels), stage)
         log_p = logits.double().log_softmax(-1)  # the formula in float64
         expected = -((1 - smoothing) * log_p[range(6), labels] + smoothing * log_p.mean(-1)).mean()
         # the module's float32 loss: each log-probability x − max − log Σ exp is within (K + 2)·U32·
@@ -143,7 +143,7 @@ def test_a_few_steps_with_the_official_recipe_record_it(tmp_path):
 def test_on_a_gpu_the_recipe_sets_the_precision_and_the_matmul_precision(recipe, precision, matmul, monkeypatch):
     """What a GPU job is given (on the CPU both recipes train in float32 at torch's default "highest"):
     the Trainer's precision and torch's float32 matmul precision, as the job's factories set them."""
-    from attnexp.build import objects
+    from attnexp.assemble import objects
 
     cfg = compose("model=cct2", f"recipe={recipe}")
     monkeypatch.setattr(objects, "on_gpu", lambda cfg: True)

@@ -44,7 +44,7 @@ def test_bf16_training_run(tmp_path):
 
 def test_device_resident_loader_and_fused_adamw():
     from attnexp.api import compose_config
-    from attnexp.build.objects import build_data, build_model, make_optimizer
+    from attnexp.assemble.objects import build_data, build_model, make_optimizer
 
     cfg = compose_config(GPU_RUN)
     assert cfg.data.augment is None  # augmentation off: the CUDA generator's stream is not the CPU's

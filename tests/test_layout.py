@@ -1,12 +1,20 @@
-"""The package reads top-down: no import circle between its modules (imports inside functions
-count), and no module reaches into another's `_private` names."""
+"""The package reads top-down: every module belongs to a stage, no module imports a later stage's
+and none imports in a circle (imports inside functions count), no module reaches into another's
+`_private` names, and every package folder ships (pyproject.toml's `packages`)."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "attnexp"
+# the stages, first to last: a module may import its own stage's and earlier ones' (`attnexp` itself,
+# the lazy facade over api, is api's stage)
+STAGES = (
+    "errors", "schedules", "layers", "data", "models", "callbacks",  # the pieces
+    "config", "assemble", "train", "pack", "sweep", "api", "tools", "cli",
+)  # fmt: skip
 
 
 def module_name(path: Path) -> str:
@@ -55,6 +63,16 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def stage(module: str) -> int:
+    """The place of a module's stage in STAGES (a folder or module not listed there fails here)."""
+    parts = module.split(".")
+    return STAGES.index(parts[1] if len(parts) > 1 else "api")
+
+
+def upward_imports(edges: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{a} imports {b}" for a, targets in edges.items() for b in targets if stage(b) > stage(a))
+
+
 def private_defs(tree: ast.AST) -> set[str]:
     return {
         n.name
@@ -100,12 +118,35 @@ def test_no_import_circle():
     assert cycles(edges) == []
 
 
+def test_no_stage_imports_a_later_one():
+    edges = graph()
+    assert {stage(m) for m in edges} == set(range(len(STAGES)))  # every stage has modules, every module a stage
+    assert upward_imports(edges) == []
+
+
+def test_every_package_folder_ships():
+    """An editable install finds a folder missing from `packages`; a wheel leaves it out."""
+    text = (PACKAGE.parent / "pyproject.toml").read_text()
+    listed = set(re.findall(r'"([\w.]+)"', re.search(r"^packages = \[(.*?)\]", text, re.M | re.S).group(1)))
+    folders = {module_name(p.parent / "__init__.py") for p in PACKAGE.rglob("*.py")}
+    assert folders | {"attnexp.conf"} == listed
+
+
+def test_no_module_writes_model_checkpoints_state():
+    """attnexp's own Checkpoints callback writes every checkpoint: no module spells the internal state
+    keys of Lightning's ModelCheckpoint (a release renaming one would break resumes silently)."""
+    keys = ("best_model_score", "best_k_models", "kth_value", "kth_best_model_path")
+    assert [(p.name, k) for p in PACKAGE.rglob("*.py") for k in keys if k in p.read_text()] == []
+
+
 def test_no_module_reaches_into_anothers_private_names():
     assert private_reaches() == []
 
 
 def test_the_checks_find_what_they_look_for():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    later = {"attnexp.assemble.objects": {"attnexp.train.module", "attnexp.errors"}, "attnexp": {"attnexp.api"}}
+    assert upward_imports(later) == ["attnexp.assemble.objects imports attnexp.train.module"]
     tree = ast.parse("from attnexp.train.module import _hidden\nfrom attnexp.sweep import plan\nplan._x()\n")
     known = {"attnexp.train.module", "attnexp.sweep", "attnexp.sweep.plan"}
     assert imports(tree, known) == [("attnexp.train.module", "_hidden"), ("attnexp.sweep.plan", None)]

@@ -86,7 +86,7 @@ def test_pretrained_state_dict_reloads_strictly_with_identical_logits(tmp_path):
 
 
 def test_pretrained_mismatch_is_one_clear_error(tmp_path):
-    from attnexp.build.objects import CheckpointError
+    from attnexp.assemble.objects import CheckpointError
 
     path = tmp_path / "cct7.pth"
     torch.save(attnexp.build_model(["model=cct7"]).state_dict(), path)
@@ -101,7 +101,7 @@ def test_every_variant_keeps_the_official_keys():
     base = {k: s for k, s in reference()["cct_2_3x2_32"]["state_dict"]}
     from conftest import compose
 
-    from attnexp.build.objects import build_backbone
+    from attnexp.assemble.objects import build_backbone
     from attnexp.config.compose import group_options
 
     cfg = compose("model=cct2", "alpha=constant")

@@ -36,6 +36,8 @@ RUN = [
     "scheduler.warmup_epochs=1",
 ]
 TAGS = ("train/loss", "val/loss", "val/acc1")
+# a two-block timm ViT (random weights), as seed 001's fine-tune builds it
+TIMM_TINY = ["model=timm", "+model.kwargs={depth:2,patch_size:8,embed_dim:64,num_heads:2}", "model.image_size=32"]
 
 
 def curves(run_dir: Path) -> dict[str, list[float]]:
@@ -257,6 +259,10 @@ def test_sigterm_then_resume_continues_the_pack_bit_exact(seeds, tmp_path, monke
         (["seed=0,1", "sweep.pack=seed", "callbacks=attention_stats"], "cannot report per member"),
         (["seed=0,1", "sweep.pack=seed", "trainer.devices=2"], "a pack trains on one device"),
         (["seed=0,1", "sweep.pack=seed", "attention=convnn", "attention.K=3"], "attention=convnn"),
+        (["seed=0,1", "sweep.pack=seed", *TIMM_TINY, "model.backbone_lr_scale=0.1"], "lr_scale 0.1, 1"),
+        # the seeds' paths not packed yet (docs/speed.md says what it would take)
+        (["seed=0,1", "sweep.pack=seed", *TIMM_TINY, "model.drop_path_rate=0.1"], "(DropPath, p=0.1) draws outside"),
+        (["seed=0,1", "sweep.pack=seed", "model=text_cct2", "data=text_demo"], "data=text_demo: its loader cannot"),
     ],
 )
 def test_what_cannot_be_packed_is_refused_at_start_up(tmp_path, args, needle):
@@ -264,6 +270,22 @@ def test_what_cannot_be_packed_is_refused_at_start_up(tmp_path, args, needle):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr[-2000:]
     assert not (tmp_path / "s").exists()
+
+
+def test_running_statistics_are_refused_and_one_rate_is_not():
+    from torch import nn
+
+    from attnexp.pack.run import model_refusal
+
+    class Groups(nn.Sequential):  # a backbone's own param_groups, every group at the configured rate
+        def param_groups(self):
+            return [{"params": [self[0].weight]}, {"params": [self[0].bias], "lr_scale": 1.0}]
+
+    assert "1 (BatchNorm1d) keeps running statistics" in model_refusal(
+        nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    )
+    assert model_refusal(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, track_running_stats=False))) is None
+    assert model_refusal(Groups(nn.Linear(4, 4), nn.LayerNorm(4))) is None
 
 
 def test_only_attnexps_own_dropout_draws_through_the_tape():

@@ -198,7 +198,7 @@ def test_non_finite_loss_stops_marks_diverged_and_keeps_the_good_checkpoint(work
 
 
 def test_a_kill_during_checkpoint_writing_keeps_the_previous_file(tmp_path, monkeypatch):
-    from attnexp.train.callbacks import AtomicCheckpointIO
+    from attnexp.assemble.objects import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
@@ -218,7 +218,7 @@ def test_a_kill_during_checkpoint_writing_keeps_the_previous_file(tmp_path, monk
 
 WRITER = """
 import sys, torch
-from attnexp.train.callbacks import AtomicCheckpointIO
+from attnexp.assemble.objects import AtomicCheckpointIO
 io, big = AtomicCheckpointIO(), torch.randn(4_000_000)
 for epoch in range(1, 10_000):
     io.save_checkpoint({"epoch": epoch, "w": big}, sys.argv[1])

@@ -18,7 +18,7 @@ from conftest import attnexp_main, check, compose, run_dirs
 from torch import nn
 
 from attnexp import build_model
-from attnexp.build.objects import build_backbone
+from attnexp.assemble.objects import build_backbone
 from attnexp.errors import ConfigError
 from attnexp.layers.attention import Attention
 from attnexp.layers.value_maps import Identity, Remix, TokenSoftmax

@@ -256,7 +256,7 @@ def test_ddp_ranks_train_on_disjoint_shards(tmp_path):
     of the epoch exactly once, as many as a single process sees."""
     from hydra.utils import instantiate
 
-    from attnexp.build.objects import build_data, build_model, make_trainer
+    from attnexp.assemble.objects import build_data, build_model, make_trainer
     from attnexp.train.module import ClassifierModule
 
     cfg = compose(
@@ -292,7 +292,7 @@ def test_ddp_ranks_score_the_test_split_as_one_process_does(tmp_path):
     counts over ranks, so top-1, top-5 and the mean loss equal one process's on the same data."""
     from hydra.utils import instantiate
 
-    from attnexp.build.objects import build_data, build_model, make_trainer
+    from attnexp.assemble.objects import build_data, build_model, make_trainer
     from attnexp.train.module import ClassifierModule
 
     def test_metrics(*overrides: str) -> dict:
@@ -338,7 +338,7 @@ def test_compile_failure_falls_back_to_eager_with_one_line(monkeypatch, capfd):
 
 @pytest.mark.numeric
 def test_fast_path_switches():
-    from attnexp.build.objects import channels_last_tokenizer, make_optimizer
+    from attnexp.assemble.objects import channels_last_tokenizer, make_optimizer
 
     cfg = compose("model=cct2")
     params = [torch.nn.Parameter(torch.zeros(3))]

@@ -20,7 +20,7 @@ from formulas import (
 )
 from omegaconf import OmegaConf
 
-from attnexp.build.objects import build_backbone, build_model
+from attnexp.assemble.objects import build_backbone, build_model
 from attnexp.config.compose import compose, group_options, split_hydra
 from attnexp.layers.attention import Attention
 from attnexp.layers.value_maps import Remix, Shift, TokenSoftmax

@@ -1,6 +1,6 @@
 """Which config key an exception is about.
 
-Objects are built group by group (attnexp.build.objects), each inside `blamed(group)`.
+Objects are built group by group (attnexp.assemble.objects), each inside `blamed(group)`.
 When something raises, the key is found by rule, not by reading messages:
 - the group is that of the innermost object whose constructor or forward was
   running: an `AttentionLayer` is the attention group's (even when the model

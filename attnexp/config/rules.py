@@ -2,7 +2,7 @@
 
 Types, unknown keys and the fixed sets (mode, sweep.pack, trainer.accelerator) are the
 schemas' job (Hydra, while composing); a value of one object is its constructor's
-(attnexp.build.preflight builds every object). What is left here ties two objects, or the
+(attnexp.assemble.preflight builds every object). What is left here ties two objects, or the
 job, together:
 - required keys: `???` values and the keys a preset lists under `required`;
 - the job: `mode=eval` needs a checkpoint, and the files the job names exist;

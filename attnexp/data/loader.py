@@ -29,11 +29,42 @@ def _mix(*parts: int) -> int:
 class _EpochSetter:
     """What Lightning calls `sampler.set_epoch` on at each epoch start."""
 
-    def __init__(self, loader: "TensorLoader"):
+    def __init__(self, loader: "ResumableLoader"):
         self.loader = loader
 
     def set_epoch(self, epoch: int) -> None:
-        self.loader.epoch = epoch
+        self.loader.set_epoch(epoch)
+
+
+class ResumableLoader:
+    """An epoch-seeded loader as Lightning resumes it: the epoch (set through `sampler`), the batches of
+    this epoch already trained on (`consumed`, set by the training module before each step, so any
+    checkpoint written after the step resumes after it), and `positions()`: the (epoch, batch indices)
+    of an iteration, which after `load_state_dict` starts where the checkpoint left off."""
+
+    def __init__(self):
+        self.epoch = 0
+        self.consumed = 0
+        self._resume_at = 0
+        self.sampler = _EpochSetter(self)
+        self.batch_sampler = None  # Lightning inspects it; batching is ours
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def positions(self) -> tuple[int, range]:
+        start, self._resume_at = self._resume_at, 0
+        return self.epoch, range(start, len(self))
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set_epoch(state["epoch"])
+        self._resume_at = state["consumed"] if state["consumed"] < len(self) else 0
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -49,7 +80,7 @@ class _Batches(torch.utils.data.Dataset):
         return self.loader.batch(self.epoch, self.start + i)
 
 
-class TensorLoader:
+class TensorLoader(ResumableLoader):
     def __init__(
         self,
         split: Split,
@@ -64,6 +95,7 @@ class TensorLoader:
         world_size: int = 1,
         image_size: int | None = None,
     ):
+        super().__init__()
         self.split, self.batch_size, self.shuffle = split, batch_size, shuffle
         self.augment, self.seed, self.num_workers = augment, seed, num_workers
         self.rank, self.world_size = rank, world_size
@@ -71,11 +103,6 @@ class TensorLoader:
         device = split.images.device
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
-        self.epoch = 0
-        self.consumed = 0  # batches of the current epoch already trained on (set by the module)
-        self._resume_at = 0
-        self.sampler = _EpochSetter(self)
-        self.batch_sampler = None  # Lightning inspects it; batching is ours
         self._order: tuple[int | None, torch.Tensor | None] = (None, None)
 
     def samples_per_rank(self) -> int:
@@ -121,22 +148,14 @@ class TensorLoader:
 
     def __iter__(self):
         # a generator: its body runs on the first next(), after Lightning has set the epoch
-        epoch, start = self.epoch, self._resume_at
-        self._resume_at = 0
+        epoch, batches = self.positions()
         if self.num_workers > 0:
             yield from torch.utils.data.DataLoader(
-                _Batches(self, epoch, start),
+                _Batches(self, epoch, batches.start),
                 batch_size=None,
                 num_workers=self.num_workers,
                 multiprocessing_context="spawn" if self.split.images.is_cuda else None,
             )
             return
-        for i in range(start, len(self)):
+        for i in batches:
             yield self.batch(epoch, i)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "consumed": self.consumed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch = state["epoch"]
-        self._resume_at = state["consumed"] if state["consumed"] < len(self) else 0

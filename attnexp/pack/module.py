@@ -24,13 +24,16 @@ from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from attnexp.assemble.objects import build_alpha, make_optimizer, on_gpu
+from attnexp.data.loader import ResumableLoader
 from attnexp.layers import randomness
 from attnexp.layers.value_maps import scheduled_maps
-from attnexp.train.module import EpochMetrics, EpochRates, EpochRateSchedule, step_seed
+from attnexp.train.module import TrainingModule, step_seed
 
 
 def _safe(name: str) -> str:
@@ -41,13 +44,11 @@ def _safe(name: str) -> str:
 class MemberState:
     """What the pack tracks for one member between epochs."""
 
-    seed: int
-    alpha: object = None  # its α schedule (None: no α)
     diverged_step: int | None = None
     best_state: dict | None = None  # its weights at the best validation top-1 (CPU copies)
 
 
-class PackedModule(EpochRateSchedule, pl.LightningModule):
+class PackedModule(TrainingModule):
     def __init__(
         self,
         models: list[nn.Module],
@@ -58,8 +59,8 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
         eval_label_smoothing: float = 0.0,
         alphas: list | None = None,
     ):
-        super().__init__()
-        self.size = len(models)
+        alphas = alphas or [None] * len(seeds)
+        super().__init__(len(models), optimizer, scheduler, label_smoothing, eval_label_smoothing, seeds, alphas)
         params, buffers = stack_module_state(models)
         self.names = {_safe(k): k for k in [*params, *buffers]}
         # an OrderedDict: ParameterDict sorts a plain dict's keys, and the optimizer's state must be in
@@ -70,19 +71,13 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
         self.state_keys = list(models[0].state_dict())  # what a member's own checkpoint holds
         self._base = [copy.deepcopy(models[0]).to("meta")]  # a list: not a submodule (no meta parameters)
         self.alpha_keys = [k for k in buffers if k.rsplit(".", 1)[-1] == "alpha"] if scheduled_maps(models[0]) else []
-        self.members = [MemberState(seed, a) for seed, a in zip(seeds, alphas or [None] * len(seeds))]
-        self.optimizer_factory = optimizer
-        self.epoch_rates = EpochRates(scheduler) if scheduler is not None else None
-        self.base_lrs: list[float] = []
-        self.label_smoothing, self.eval_label_smoothing = label_smoothing, eval_label_smoothing
-        self.metrics = nn.ModuleList(
-            nn.ModuleDict({f"{stage}_metrics": EpochMetrics() for stage in ("train", "val", "test")}) for _ in models
-        )
-        self.alpha_values: list[float | None] = [None] * self.size
+        self.alpha_driven = bool(self.alpha_keys)
+        self.members = [MemberState() for _ in models]
         self._plans: dict[tuple, list] = {}
         self._frozen: dict[int, dict] = {}  # member → its weights and AdamW state when it diverged
-        self.member_dirs: list[str] = []  # the members' folders (a resumed pack must be the same pack)
-        self.last_dump: dict | None = None  # the pack's latest Lightning checkpoint (on_save_checkpoint)
+        # the members' folders (a resumed pack must be the same pack) and configs (in their checkpoints)
+        self.member_dirs: list[str] = []
+        self.run_configs: list[dict] = [{}] * self.size
 
     # ------------------------------------------------------------ the vectorised forward
     @property
@@ -114,7 +109,7 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
         if not plan:
             return []
         like = torch.empty(0, device=self.device)
-        gens = [torch.Generator(self.device).manual_seed(step_seed(m.seed, step)) for m in self.members]
+        gens = [torch.Generator(self.device).manual_seed(step_seed(seed, step)) for seed in self.seeds]
         drawn = [[randomness.fresh_mask(like, s, keep, g) for s, keep in plan] for g in gens]
         return [torch.stack([member[i] for member in drawn]) for i in range(len(plan))]
 
@@ -130,59 +125,32 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
         return vmap(one, in_dims=(0, 0, None if shared else 0, 0), randomness="error")(params, buffers, x, masks)
 
     # ------------------------------------------------------------ α and the learning rate
-    def set_alpha(self, values: list[float]) -> None:
+    def set_alphas(self, values: list[float]) -> None:
         self.alpha_values = values
         level = torch.tensor(values, device=self.device)
         _, buffers = self.tensors()
         for key in self.alpha_keys:
             buffers[key].copy_(level.to(buffers[key].dtype))
 
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        loader = self.trainer.train_dataloader
-        if hasattr(loader, "consumed"):
-            loader.consumed = batch_idx + 1
-        if self.alpha_keys:
-            n = self.trainer.num_training_batches
-            self.set_alpha([m.alpha(self.global_step, n) for m in self.members])
-
-    def on_train_epoch_end(self) -> None:
-        self.set_lr(self.current_epoch + 1)
-
     def trained(self) -> nn.Module:
         return self.stacked
 
     # ------------------------------------------------------------ steps
-    def alive(self) -> list[int]:
+    def member_logits(self, x: torch.Tensor, shared: bool, train: bool) -> torch.Tensor:
+        """Training: each member's own dropout masks for this step (drawn as its unpacked run's)."""
+        self.base.train(train)
+        masks = self.member_masks(tuple(x.shape if shared else x.shape[1:]), self.global_step) if train else []
+        return self.forward_members(x, shared, masks)
+
+    def alive(self, losses: torch.Tensor | None = None) -> list[int]:
+        """The members still training; one whose `losses` turned non-finite is frozen from now on."""
+        if losses is not None:
+            bad = (~torch.isfinite(losses.detach())).nonzero().flatten().tolist()  # a host sync per step
+            for k in bad:
+                if self.members[k].diverged_step is None:
+                    self.members[k].diverged_step = self.global_step
+                    self._frozen[k] = self._slice(k)
         return [k for k, m in enumerate(self.members) if m.diverged_step is None]
-
-    def _losses(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
-        K, B = logits.shape[:2]
-        labels = labels.expand(K, B) if labels.dim() == 1 else labels
-        flat = F.cross_entropy(
-            logits.float().flatten(0, 1), labels.flatten(), label_smoothing=smoothing, reduction="none"
-        )
-        return flat.view(K, B).mean(1), labels
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, labels = batch
-        shared = labels.dim() == 1
-        self.base.train()
-        member_shape = tuple(images.shape) if shared else tuple(images.shape[1:])
-        masks = self.member_masks(member_shape, self.global_step)
-        logits = self.forward_members(images, shared, masks)
-        losses, labels = self._losses(logits, labels, self.label_smoothing)
-        self._freeze_diverged(losses)
-        alive = self.alive()
-        for k in alive:
-            self.metrics[k]["train_metrics"].update(losses[k], logits[k], labels[k])
-        return losses[alive].sum()
-
-    def _freeze_diverged(self, losses: torch.Tensor) -> None:
-        bad = (~torch.isfinite(losses.detach())).nonzero().flatten().tolist()  # a host sync per step
-        for k in bad:
-            if self.members[k].diverged_step is None:
-                self.members[k].diverged_step = self.global_step
-                self._frozen[k] = self._slice(k)
 
     def _slice(self, k: int) -> dict:
         optimizer = self.trainer.optimizers[0] if self.trainer is not None and self.trainer.optimizers else None
@@ -221,57 +189,46 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
         for g in grads:
             g.mul_(coef.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
 
-    def _eval_step(self, batch, stage: str) -> None:
-        images, labels = batch
-        self.base.eval()
-        logits = self.forward_members(images, shared=labels.dim() == 1)
-        smoothing = self.label_smoothing if stage == "train" else self.eval_label_smoothing
-        losses = F.cross_entropy(
-            logits.float().flatten(0, 1),
-            labels.expand(self.size, -1).flatten() if labels.dim() == 1 else labels.flatten(),
-            label_smoothing=smoothing,
-            reduction="none",
-        ).view(self.size, -1)
-        for k in range(self.size):
-            target = labels if labels.dim() == 1 else labels[k]
-            self.metrics[k][f"{stage}_metrics"].update(losses[k].mean(), logits[k], target)
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
     def epoch_metrics(self, stage: str) -> list[dict[str, float] | None]:
-        out = []
-        for k in range(self.size):
-            metrics = self.metrics[k][f"{stage}_metrics"]
-            out.append({n: float(v) for n, v in metrics.compute().items()} if metrics.seen else None)
-        return out
+        return [values and {n: float(v) for n, v in values.items()} for values in self.epoch_values(stage)]
 
     # ------------------------------------------------------------ a pack's checkpoint (Ctrl-C / SIGTERM)
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """What a resumed pack needs beyond weights, optimizer and loops: each member's
         best weights and divergence, the frozen slices, the α values, and who the members are."""
         checkpoint["pack"] = {
-            "members": [
-                {k: v for k, v in vars(m).items() if k != "alpha"}  # the schedule is rebuilt from the config
-                for m in self.members
-            ],
+            "members": [vars(m) for m in self.members],
             "frozen": self._frozen,
             "alpha_values": self.alpha_values,
             "member_dirs": self.member_dirs,
         }
         self.last_dump = checkpoint  # what each member's own resumable checkpoint is cut from
 
-    def member_optimizer_state(self, k: int, state: dict) -> dict:
-        """Member k's slice of the pack's AdamW state: what its unpacked run's optimizer holds
-        (the same parameters in the same order, one group)."""
+    def member_checkpoint(self, k: int) -> dict:
+        """Member k's own checkpoint (attnexp.train.callbacks.Checkpoints): its weights and config
+        (mode=eval, load_run), and, while it trains, cut from the pack's latest checkpoint what its
+        unpacked run's holds to resume alone: its slice of AdamW's state (the same parameters in the
+        same order, one group) and the loops; a diverged member's frozen weights, nothing to resume."""
+        checkpoint = {
+            "state_dict": {f"model.{key}": value for key, value in self.member_state_dict(k).items()},
+            "attnexp_config": self.run_configs[k],
+            "alpha": self.alpha_values[k],
+            "packed_with": [d for d in self.member_dirs if d != self.member_dirs[k]],
+            "pytorch-lightning_version": pl.__version__,
+        }
+        dump, state = self.last_dump, self.members[k]
+        if dump is None or state.diverged_step is not None:
+            return checkpoint | {"epoch": self.current_epoch, "global_step": state.diverged_step}
+        optimizer = dump["optimizer_states"][0]
         sliced = {
             i: {name: (v[k].clone() if torch.is_tensor(v) and v.dim() > 0 else v) for name, v in per_param.items()}
-            for i, per_param in state["state"].items()
+            for i, per_param in optimizer["state"].items()
         }
-        return {"state": sliced, "param_groups": state["param_groups"]}
+        resume = {
+            key: v for key, v in dump.items() if key not in ("state_dict", "optimizer_states", "pack", "callbacks")
+        }
+        optimizer_states = [{"state": sliced, "param_groups": optimizer["param_groups"]}]
+        return resume | checkpoint | {"optimizer_states": optimizer_states}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint["pack"]
@@ -280,7 +237,7 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
                 setattr(member, key, value)
         self._frozen = saved["frozen"]
         if self.alpha_keys and saved["alpha_values"][0] is not None:
-            self.set_alpha(saved["alpha_values"])
+            self.set_alphas(saved["alpha_values"])
 
     # ------------------------------------------------------------ members as ordinary models
     def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
@@ -295,22 +252,35 @@ class PackedModule(EpochRateSchedule, pl.LightningModule):
                     stacked.copy_(torch.stack([s[name] for s in states]).to(stacked.device))
 
 
-class PackedLoader:
+def build_pack(cfgs: list[DictConfig], models: list[nn.Module]) -> PackedModule:
+    """The members' models as one vectorised module, trained as each member's run would be (one
+    optimizer over the stacked tensors is K independent AdamWs)."""
+    base = cfgs[0]
+    return PackedModule(
+        models,
+        seeds=[c.seed for c in cfgs],
+        optimizer=make_optimizer(base, on_gpu(base)),
+        scheduler=instantiate(base.scheduler) if base.get("scheduler") else None,
+        label_smoothing=base.label_smoothing,
+        eval_label_smoothing=base.label_smoothing if base.recipe.smooth_eval_loss else 0.0,
+        alphas=[build_alpha(c) for c in cfgs],
+    )
+
+
+class PackedLoader(ResumableLoader):
     """K seeded TensorLoaders as one: each batch stacks the members' own batches (K, B, ...);
     members that share a seed share their batch (B, ...), fed to every member."""
 
     def __init__(self, loaders: list):
+        super().__init__()
         self.loaders = loaders
         self.shared = len({lo.seed for lo in loaders}) == 1 or not loaders[0].shuffle
-        self.sampler = self
-        self.batch_sampler = None
-        self.consumed = 0
-        self._resume_at = 0
 
     def __len__(self) -> int:
         return len(self.loaders[0])
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         for lo in self.loaders:
             lo.epoch = epoch
 
@@ -322,18 +292,9 @@ class PackedLoader:
 
     def __iter__(self):
         # a generator: its body runs on the first next(), after Lightning has set the epoch
-        epoch, start = self.loaders[0].epoch, self._resume_at
-        self._resume_at = 0
-        for i in range(start, len(self)):
+        epoch, batches = self.positions()
+        for i in batches:
             yield self.batch(epoch, i)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.loaders[0].epoch, "consumed": self.consumed}
-
-    def load_state_dict(self, state: dict) -> None:
-        """A resumed pack continues after the last batch it trained on (as TensorLoader does)."""
-        self.set_epoch(state["epoch"])
-        self._resume_at = state["consumed"] if state["consumed"] < len(self) else 0
 
 
 class PackedData(pl.LightningDataModule):

@@ -2,8 +2,8 @@
 
 attnexp.sweep.plan groups the sweep's jobs into packs and launches one Hydra job per
 pack, in its first member's folder, naming the members (`sweep.members`: their
-places in sweep.json). Here each member is composed exactly as the unpacked
-sweep composes it, gets its folder where the unpacked sweep puts it (`.hydra`,
+places in sweep.json), each composed there exactly as the unpacked sweep composes
+it (compose_members). Here each member gets its folder where the unpacked sweep puts it (`.hydra`,
 metrics.json with `packed_with`, TensorBoard events, best/last checkpoints that
 `mode=eval` and `attnexp.load_run` read like any other), and the pack trains.
 Each member's records are its own Lifecycle's and it logs through its own Lightning
@@ -13,7 +13,6 @@ logger, as its unpacked run does.
 from __future__ import annotations
 
 import inspect
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,23 +21,21 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
-from attnexp.build.objects import (
-    best_and_last,
+from attnexp.assemble.objects import (
     build_backbone,
     build_data,
     build_model,
-    build_pack,
     make_logger,
     make_trainer,
     seed_and_threads,
 )
-from attnexp.config.compose import compose, hydra_config, set_hydra_key, split_hydra
 from attnexp.layers.randomness import untaped_randomness
-from attnexp.pack.module import PackedData
-from attnexp.sweep.manifest import read_manifest
-from attnexp.train.callbacks import AtomicCheckpointIO, GracefulStop, StopRequested
+from attnexp.pack.module import PackedData, build_pack
+from attnexp.train.callbacks import Checkpoints, GracefulStop, StopRequested
 from attnexp.train.lifecycle import Lifecycle, RunFailed, failure_message, inference_timing
+from attnexp.train.module import param_groups
 
 # ---------------------------------------------------------------- what cannot be packed
 
@@ -58,12 +55,25 @@ def refusal(cfg: DictConfig) -> str | None:
         return f"data={cfg.data.name}: its loader cannot give each member its own data order"
     with torch.device("meta"):
         model = build_backbone(cfg)
+    return model_refusal(model)
+
+
+def model_refusal(model: nn.Module) -> str | None:
+    """Why this model's members could not train as their unpacked runs do, or None."""
     kinds = {type(m).__name__ for m in model.modules()}
     if "ConvNNAttention" in kinds:
         return "attention=convnn: its sampling and branches draw outside the members' own masks"
     loose = untaped_randomness(model)
     if loose:
         return f"{loose[0]} draws outside the members' own masks"
+    scales = sorted({group.get("lr_scale", 1.0) for group in param_groups(model)})
+    if scales != [1.0]:  # the pack's optimizer has one group: the scaled ones would train at the full rate
+        rates = ", ".join(f"{s:g}" for s in scales)
+        return f"parameter groups at lr_scale {rates} (model.backbone_lr_scale): a pack trains all at one rate"
+    tracked = [name for name, m in model.named_modules() if getattr(m, "track_running_stats", False)]
+    if tracked:  # vmap would update one set of running statistics for all members, or fail
+        kind = type(model.get_submodule(tracked[0])).__name__
+        return f"{tracked[0]} ({kind}) keeps running statistics: the members would share one set"
     return None
 
 
@@ -95,37 +105,16 @@ class Member:
         OmegaConf.save(OmegaConf.create(self.overrides), folder / "overrides.yaml")
 
 
-def compose_members(lead: DictConfig) -> list[tuple[DictConfig, DictConfig, list[str]]]:
-    """(job config, its hydra node, overrides) of every member, composed as the sweep composed them."""
-    from hydra.core.hydra_config import HydraConfig
-
-    sweep_dir = HydraConfig.get().sweep.dir
-    master = OmegaConf.load(Path(sweep_dir) / "multirun.yaml")
-    jobs = read_manifest(sweep_dir)
-    out = []
-    for index in lead.sweep.members:
-        job = jobs[index]
-        cfg = compose(job.overrides, return_hydra_config=True, master=master)
-        set_hydra_key(cfg, "hydra.runtime.output_dir", os.path.abspath(os.path.join(sweep_dir, job.dir)))
-        with hydra_config(cfg):
-            body, _ = split_hydra(cfg)
-            OmegaConf.resolve(body)
-        out.append((body, cfg.hydra, list(job.overrides)))
-    return out
-
-
 # ---------------------------------------------------------------- recording each member
 
 
 class PackRecorder(pl.Callback):
     """Per epoch and member what its unpacked run's module and callbacks log and record: its scalars
-    (through its logger), its epoch record (its Lifecycle), its best/last checkpoints. The members'
-    histories ride in the pack's checkpoint (this callback's state)."""
+    (through its logger), its epoch record (its Lifecycle). The members' histories ride in the pack's
+    checkpoint (this callback's state); `checkpoints` writes each member's (attnexp.train.callbacks)."""
 
-    def __init__(self, members: list[Member], pack_ckpt: Path):
-        self.members, self.pack_ckpt = members, pack_ckpt
-        self.improved: list[int] = []  # members whose validation top-1 improved this epoch
-        self.io = AtomicCheckpointIO()
+    def __init__(self, members: list[Member], checkpoints: Checkpoints):
+        self.members, self.checkpoints = members, checkpoints
         self.epoch_start = 0.0
 
     def state_dict(self) -> dict:
@@ -149,13 +138,6 @@ class PackRecorder(pl.Callback):
             if values is not None and module.members[k].diverged_step is None:
                 scalars = {f"train/{n}": v for n, v in values.items()} | {"time/epoch_s": seconds}
                 self.members[k].log(scalars, batch_step(trainer), trainer.current_epoch)
-        # at the epoch's end, where an unpacked run's last.ckpt is written (after its validation):
-        # the pack's own checkpoint, whose dump is cut into each member's
-        trainer.save_checkpoint(self.pack_ckpt)
-        for k in module.alive():
-            for name in ("best", "last") if k in self.improved else ("last",):
-                self.save(module, k, name)
-        self.improved = []
 
     def on_validation_end(self, trainer, module) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
@@ -172,7 +154,6 @@ class PackRecorder(pl.Callback):
                 member.life.epoch_end(epoch, step, values["acc1"], values["loss"], seconds)
                 if best is None or values["acc1"] > best:
                     state.best_state = module.member_state_dict(k)
-                    self.improved.append(k)
 
     def diverged(self, trainer, module, k: int) -> None:
         """A member whose loss turned non-finite: frozen at its last good step, recorded once, and its
@@ -181,55 +162,13 @@ class PackRecorder(pl.Callback):
         if member.diverged_reported:
             return
         member.diverged_reported = True
-        self.save(module, k, "last")  # its frozen weights are those of its last good step
+        self.checkpoints.save(trainer, module, k, ("last",), final=True)  # its frozen weights: its last good step's
         kept = sorted(p.name for p in (Path(member.run_dir) / "checkpoints").glob("*.ckpt"))
         reason = f"non-finite loss at step {state.diverged_step}"
         member.life.finish("diverged", reason=reason, diverged_step=state.diverged_step)
         trainer.loggers = [logger for logger in trainer.loggers if logger is not member.logger]
         where = f"last good checkpoints kept: {', '.join(kept)}" if kept else "no checkpoint had been saved yet"
         print(f"attnexp: {_short(member.run_dir)}: {reason}: frozen; the pack goes on ({where})", file=sys.stderr)
-
-    def save(self, module, k: int, name: str) -> None:
-        """Member k's own checkpoint: its weights and config (mode=eval, load_run), and, cut from the
-        pack's latest Lightning checkpoint, what its unpacked run's last.ckpt holds to resume alone:
-        its AdamW slice, the loops and its callbacks' states."""
-        member, state = self.members[k], module.members[k]
-        weights = state.best_state if name == "best" else module.member_state_dict(k)
-        folder = Path(member.run_dir) / "checkpoints"
-        checkpoint = {
-            "state_dict": {f"model.{key}": value for key, value in weights.items()},
-            # enums as their strings: a resume's torch.load (weights_only) refuses any other class
-            "attnexp_config": OmegaConf.to_container(member.cfg, resolve=True, enum_to_str=True),
-            "alpha": module.alpha_values[k],
-            "packed_with": [m.run_dir for m in self.members if m is not member],
-            "pytorch-lightning_version": pl.__version__,
-        }
-        dump = module.last_dump
-        if dump is not None and state.diverged_step is None:
-            checkpoint |= {key: v for key, v in dump.items() if key not in ("state_dict", "optimizer_states", "pack")}
-            checkpoint["optimizer_states"] = [module.member_optimizer_state(k, dump["optimizer_states"][0])]
-            checkpoint["callbacks"] = run_callback_states(folder, member.life.history)
-        else:  # a diverged member: its frozen weights, nothing to resume
-            checkpoint |= {"epoch": len(member.life.history), "global_step": state.diverged_step}
-        self.io.save_checkpoint(checkpoint, folder / f"{name}.ckpt")
-
-
-def run_callback_states(folder: Path, history: list[dict]) -> dict:
-    """The callback states an unpacked run's checkpoint holds after `history`. Lightning's
-    ModelCheckpoint tracks the one module its trainer fits and saves it whole (here: the pack), so
-    a member's best/last trackers are written as their own state_dict() with the member's best."""
-    best, last = best_and_last(folder)
-    top = max((h["val_acc1"] for h in history), default=-float("inf"))
-    best_path, last_path, score = str(folder / "best.ckpt"), str(folder / "last.ckpt"), torch.tensor(top)
-    current = torch.tensor(history[-1]["val_acc1"] if history else 0.0)
-    return {
-        best.state_key: best.state_dict()
-        | {"best_model_score": score, "best_model_path": best_path, "current_score": current}
-        | {"best_k_models": {best_path: score}, "kth_best_model_path": best_path, "kth_value": score},
-        last.state_key: last.state_dict()
-        | {"best_model_path": last_path, "kth_best_model_path": last_path, "last_model_path": last_path},
-        "RunRecorder": {"history": history},
-    }
 
 
 def batch_step(trainer: pl.Trainer) -> int:
@@ -252,10 +191,10 @@ def same_pack(checkpoint: Path, member_dirs: list[str]) -> bool:
     return saved.get("member_dirs") == member_dirs
 
 
-def train_pack(lead: DictConfig) -> dict:
-    """Train the pack named by `lead.sweep.members`; each member's metrics.json ends done, diverged,
-    interrupted or failed (with its one-line reason; the traceback in the first member's error.txt)."""
-    composed = compose_members(lead)
+def train_pack(composed: list[tuple[DictConfig, DictConfig, list[str]]]) -> dict:
+    """Train the pack of these members ((job config, its hydra node, overrides) each: attnexp.sweep.plan's
+    compose_members); each member's metrics.json ends done, diverged, interrupted or failed (with its
+    one-line reason; the traceback in the first member's error.txt)."""
     dirs = [str(cfg.paths.output_dir) for cfg, _, _ in composed]
     pack_ckpt = Path(dirs[0]) / "checkpoints" / "pack_last.ckpt"
     resume = str(pack_ckpt) if same_pack(pack_ckpt, dirs) else None
@@ -283,12 +222,16 @@ def _train(members: list[Member], pack_ckpt: Path, resume: str | None) -> dict:
     datamodule = build_data(cfgs[0])
     module = build_pack(cfgs, models)
     module.member_dirs = [m.run_dir for m in members]
-    recorder = PackRecorder(members, pack_ckpt)
+    # enums as their strings: a resume's torch.load (weights_only) refuses any other class
+    module.run_configs = [OmegaConf.to_container(c, resolve=True, enum_to_str=True) for c in cfgs]
+    folders = [Path(m.run_dir) / "checkpoints" for m in members]
+    checkpoints = Checkpoints(folders, [m.life for m in members], resumable=pack_ckpt)
+    recorder = PackRecorder(members, checkpoints)
     # one logger per member: the learning-rate monitor writes the (shared) rate to each, under its run's tag
     loggers = [m.logger for m in members if m.logger]
     rates = [LearningRateMonitor(logging_interval="epoch")] if loggers else []
-    callbacks = [recorder, GracefulStop(str(pack_ckpt)), *rates]
-    trainer = make_trainer(cfgs[0], callbacks, loggers or False, members[0].run_dir, checkpointing=False)
+    callbacks = [recorder, GracefulStop(checkpoints), checkpoints, *rates]
+    trainer = make_trainer(cfgs[0], callbacks, loggers or False, members[0].run_dir)
     for m, model in zip(members, models):
         if m is not members[0]:
             m.write_hydra_files()

@@ -41,7 +41,9 @@ def measure(cfg: DictConfig, pack: int = 1, probe_batch: int | None = None) -> d
     run's factories (fused AdamW, channels-last; not compiled) and fitted by the run's Trainer (its
     precision): PROBE_BATCH images on a CPU, the full batch on a GPU. pack=K: the PackedModule of K
     members (s_per_image is then per image of every member: the pack's step time over one member's batch)."""
-    from attnexp.build import objects  # through the module: a test's spy on a factory sees the call
+    from attnexp.assemble import objects  # through the modules: a test's spy on a factory sees the call
+    from attnexp.pack import module as pack_module
+    from attnexp.train import module as run_module
 
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
@@ -53,9 +55,9 @@ def measure(cfg: DictConfig, pack: int = 1, probe_batch: int | None = None) -> d
     params = objects.trainable_parameters(model)
     if pack > 1:  # K members, each its own data: one vectorised step (attnexp.pack.module)
         models = [model] + [objects.build_model(cfg) for _ in range(pack - 1)]
-        module = objects.build_pack([cfg] * pack, models)
+        module = pack_module.build_pack([cfg] * pack, models)
     else:
-        module = objects.build_module(cfg, model)
+        module = run_module.build_module(cfg, model)
     gpu = objects.on_gpu(cfg)
     batch = probe_batch or (cfg.data.batch_size if gpu else min(cfg.data.batch_size, PROBE_BATCH))
     timed = sorted(step_seconds(cfg, module, example_batch(cfg, model, batch, pack), TIMED_STEPS))
@@ -71,7 +73,7 @@ def example_batch(cfg: DictConfig, model, batch: int, pack: int = 1) -> tuple:
     """Random (inputs, labels) of `batch` items on the run's device; a pack's: (K, batch, ...) per member."""
     import torch
 
-    from attnexp.build import objects
+    from attnexp.assemble import objects
 
     device = "cuda" if objects.on_gpu(cfg) else "cpu"
     x = objects.example_input(cfg, model, batch, device)
@@ -82,7 +84,7 @@ def example_batch(cfg: DictConfig, model, batch: int, pack: int = 1) -> tuple:
 def step_seconds(cfg: DictConfig, module, batch: tuple, steps: int, warmup: int = 1) -> list[float]:
     """Seconds of each of `steps` training steps after `warmup` ones: the run's Trainer (make_trainer:
     accelerator, precision) fits `module` on `batch` over and over; no validation, logger or checkpoint."""
-    from attnexp.build import objects
+    from attnexp.assemble import objects
 
     cfg = copy.deepcopy(cfg)  # the job's own limits and callbacks stay as they are
     with open_dict(cfg):
@@ -92,7 +94,7 @@ def step_seconds(cfg: DictConfig, module, batch: tuple, steps: int, warmup: int 
             devices=1, strategy="auto", enable_progress_bar=False, enable_model_summary=False,
         )  # fmt: skip
     clock = step_clock(warmup)
-    trainer = objects.make_trainer(cfg, [clock], logger=False, checkpointing=False)
+    trainer = objects.make_trainer(cfg, [clock], logger=False)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*no `val_dataloader`.*")  # none, on purpose
         trainer.fit(module, train_dataloaders=itertools.repeat(batch, warmup + steps))  # a list: many loaders

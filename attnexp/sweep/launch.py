@@ -157,8 +157,9 @@ def _resume_or_run(cfg: DictConfig, run_dir: str, multirun: bool) -> dict | None
     try:
         if cfg.sweep.members:
             from attnexp.pack.run import train_pack
+            from attnexp.sweep.plan import compose_members
 
-            return train_pack(cfg)
+            return train_pack(compose_members(cfg))
         return run_mode(cfg)
     except RunFailed as e:
         if multirun and e.status == "interrupted":

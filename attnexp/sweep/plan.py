@@ -145,6 +145,25 @@ def packs(master: DictConfig, jobs: list) -> list[list[int]] | None:
     return grouped
 
 
+def compose_members(lead: DictConfig) -> list[tuple[DictConfig, DictConfig, list[str]]]:
+    """(job config, its hydra node, overrides) of every member, composed as the sweep composed them."""
+    from hydra.core.hydra_config import HydraConfig
+
+    sweep_dir = HydraConfig.get().sweep.dir
+    master = OmegaConf.load(Path(sweep_dir) / "multirun.yaml")
+    jobs = read_manifest(sweep_dir)
+    out = []
+    for index in lead.sweep.members:
+        job = jobs[index]
+        cfg = compose(job.overrides, return_hydra_config=True, master=master)
+        set_hydra_key(cfg, "hydra.runtime.output_dir", os.path.abspath(os.path.join(sweep_dir, job.dir)))
+        with hydra_config(cfg):
+            body, _ = split_hydra(cfg)
+            OmegaConf.resolve(body)
+        out.append((body, cfg.hydra, list(job.overrides)))
+    return out
+
+
 def pack_jobs(sweep_dir: str, jobs: list, grouped: list[list[int]]) -> list[list[str]]:
     """One launched job per pack: its first member's overrides, naming the members (their places
     in sweep.json); packs whose members are all done (sweep.resume) are left out, done members too."""
@@ -181,7 +200,7 @@ def group(jobs: list[list[str]], pack: str) -> list[list[int]]:
 
 def check_job(cfg: DictConfig) -> DictConfig:
     """Everything that can be known before a job starts: the cross-object rules (torch-free),
-    then every object the job will use, built on the meta device (attnexp.build.preflight).
+    then every object the job will use, built on the meta device (attnexp.assemble.preflight).
     Returns the job's config without the hydra node."""
     from attnexp.config.rules import validate
 
@@ -189,7 +208,7 @@ def check_job(cfg: DictConfig) -> DictConfig:
         body, choices = split_hydra(cfg)
         validate(body, choices)
         check_source(body.model)
-        from attnexp.build.preflight import check_built  # torch: only once the torch-free checks passed
+        from attnexp.assemble.preflight import check_built  # torch: only once the torch-free checks passed
 
         check_built(body, choices)
     return body

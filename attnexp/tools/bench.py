@@ -128,8 +128,9 @@ def trainer_preset(device) -> str:
 
 
 def bench_steps(model_name, attention, variants, args, device, data_overrides) -> dict:
-    from attnexp.build import objects  # through the module: a test's spy on a factory sees the call
+    from attnexp.assemble import objects  # through the modules: a test's spy on a factory sees the call
     from attnexp.sweep.estimate import example_batch, step_seconds
+    from attnexp.train import module as run_module
 
     built, results = {}, {}
     for name in variants:
@@ -138,7 +139,7 @@ def bench_steps(model_name, attention, variants, args, device, data_overrides) -
             cfg = compose(model_name, attention, *data_overrides, trainer_preset(device), *VARIANTS[name].overrides)
             objects.seed_and_threads(cfg)
             model = objects.build_model(cfg)
-            module = objects.build_module(cfg, model)
+            module = run_module.build_module(cfg, model)
             batch = example_batch(cfg, model, args.batch_size)
             step_seconds(cfg, module, batch, steps=0, warmup=args.warmup)  # compiles, autotunes, fills caches
         except Exception as e:  # a variant that cannot run here is reported, not fatal
@@ -168,8 +169,9 @@ def bench_path(model_name, attention, args, device, data_overrides) -> dict:
     """
     from omegaconf import open_dict
 
-    from attnexp.build import objects
+    from attnexp.assemble import objects
     from attnexp.sweep.estimate import step_clock
+    from attnexp.train import module as run_module
     from attnexp.train.callbacks import RunRecorder
     from attnexp.train.lifecycle import Lifecycle
 
@@ -190,7 +192,7 @@ def bench_path(model_name, attention, args, device, data_overrides) -> dict:
     # the module exactly as attnexp.train.modes.train builds it
     objects.seed_and_threads(cfg)
     datamodule = objects.build_data(cfg)
-    module = objects.build_module(cfg, objects.build_model(cfg))
+    module = run_module.build_module(cfg, objects.build_model(cfg))
     lightning, bare = [], []
     with tempfile.TemporaryDirectory() as root:
         for repeat in range(args.repeats):
@@ -285,7 +287,7 @@ def count_flops(model_name: str, attention: str, data_overrides) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from attnexp.build.objects import build_model
+    from attnexp.assemble.objects import build_model
 
     cfg = compose(model_name, attention, "attention.impl=explicit", *data_overrides)
     model = build_model(cfg).train()
@@ -304,7 +306,7 @@ def training_memory(model_name: str, attention: str, batch: int, data_overrides)
     CPU with the explicit attention, whose saved maps make it the larger of the two paths)."""
     import torch
 
-    from attnexp.build.objects import build_model, trainable_parameters
+    from attnexp.assemble.objects import build_model, trainable_parameters
 
     cfg = compose(model_name, attention, "attention.impl=explicit", *data_overrides)
     model = build_model(cfg).train()
@@ -331,7 +333,7 @@ def training_memory(model_name: str, attention: str, batch: int, data_overrides)
 def eval_img_per_s(model_name, attention, batch, device, data_overrides, repeats: int) -> float:
     import torch
 
-    from attnexp.build.objects import build_model
+    from attnexp.assemble.objects import build_model
 
     cfg = compose(model_name, attention, "attention.impl=sdpa", *data_overrides)
     model = build_model(cfg).to(device).eval()

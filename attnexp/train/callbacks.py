@@ -1,29 +1,15 @@
-"""The runner's own Lightning callbacks: the epoch record, the signal-safe stop, atomic checkpoint writes."""
+"""The runner's own Lightning callbacks: the epoch record, the checkpoints, the signal-safe stop."""
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
-from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.callbacks import Checkpoint
 
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save to a temp file in the same folder, then rename: a kill mid-write keeps the previous file."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+RECORDER_KEY = "RunRecorder"  # the history's key in every checkpoint's callback states, old run folders' too
 
 
 def _scalar(metrics: dict, key: str) -> float | None:
@@ -34,11 +20,15 @@ def _scalar(metrics: dict, key: str) -> float | None:
 class RunRecorder(pl.Callback):
     """Per epoch: its time in TensorBoard, and the run's epoch record (line, history, metrics.json)
     through its Lifecycle. The history rides in every checkpoint, so a resume keeps the epochs before it
-    (the class name is the state's key in saved checkpoints: keep it)."""
+    (under RECORDER_KEY)."""
 
     def __init__(self, life):
         self.life = life
         self._epoch_start = 0.0
+
+    @property
+    def state_key(self) -> str:
+        return RECORDER_KEY
 
     def state_dict(self) -> dict:
         return {"history": self.life.history}
@@ -55,7 +45,7 @@ class RunRecorder(pl.Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         # on_validation_end, not on_validation_epoch_end: callbacks' epoch-end hooks run before the
-        # module's, which is where val/acc1 is logged; ModelCheckpoint (always last) saves after this.
+        # module's, which is where val/acc1 is logged.
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         m = trainer.callback_metrics
@@ -64,6 +54,42 @@ class RunRecorder(pl.Callback):
             seconds = time.perf_counter() - self._epoch_start
             epoch, loss = trainer.current_epoch + 1, _scalar(m, "val/loss")
             self.life.epoch_end(epoch, trainer.global_step, acc1, loss, seconds, write=trainer.is_global_zero)
+
+
+class Checkpoints(Checkpoint):
+    """Every best.ckpt and last.ckpt: a run's, or each pack member's (`lives`: their records, `folders`:
+    their checkpoint folders). At each training epoch's end (Lightning calls checkpoint callbacks after
+    the module's own epoch end, validation done): the module's resumable checkpoint (`resumable`: a run's
+    last.ckpt, a pack's own), then each member's last.ckpt, and its best.ckpt where this epoch's
+    validation top-1 beat every earlier one. Rank zero writes them through the strategy (its CheckpointIO:
+    atomic). No state of its own: the best so far is the history's, which rides in each checkpoint."""
+
+    def __init__(self, folders: list[Path], lives: list, resumable: Path):
+        self.folders, self.lives, self.resumable = [Path(f) for f in folders], lives, Path(resumable)
+        self.final: set[int] = set()  # members whose last checkpoint is written for good (diverged)
+
+    def save_resumable(self, trainer: pl.Trainer) -> None:
+        trainer.save_checkpoint(self.resumable)  # the module's on_save_checkpoint keeps the dump (member_checkpoint)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.save_resumable(trainer)
+        for k, life in enumerate(self.lives):
+            scores = [h["val_acc1"] for h in life.history]
+            improved = bool(scores) and life.history[-1]["epoch"] == trainer.current_epoch + 1
+            improved = improved and all(scores[-1] > s for s in scores[:-1])
+            if k not in self.final:
+                self.save(trainer, pl_module, k, ("best", "last") if improved else ("last",))
+
+    def save(self, trainer, pl_module, k: int, names: tuple[str, ...], final: bool = False) -> None:
+        """Member k's checkpoints `names`: the module's own cut for it, with its history."""
+        checkpoint = pl_module.member_checkpoint(k)
+        checkpoint["callbacks"] = checkpoint.get("callbacks", {}) | {RECORDER_KEY: {"history": self.lives[k].history}}
+        for name in names:
+            path = self.folders[k] / f"{name}.ckpt"
+            if path != self.resumable:  # written already
+                trainer.strategy.save_checkpoint(checkpoint, path)
+        if final:
+            self.final.add(k)
 
 
 class StopRequested(Exception):
@@ -76,14 +102,14 @@ class StopRequested(Exception):
 
 
 class GracefulStop(pl.Callback):
-    """SIGINT / SIGTERM: finish the current step, save last.ckpt there, stop.
+    """SIGINT / SIGTERM: finish the current step, save the resumable checkpoint there, stop.
 
     Installed at train start, after Lightning's own handlers, and restored at the end.
     Lightning resumes a checkpoint saved in on_train_batch_end at the next batch.
     """
 
-    def __init__(self, ckpt_path: str):
-        self.ckpt_path = ckpt_path
+    def __init__(self, checkpoints: Checkpoints):
+        self.checkpoints = checkpoints
         self.signal: int | None = None
         self._previous: dict = {}
 
@@ -101,7 +127,7 @@ class GracefulStop(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.signal is not None:
-            trainer.save_checkpoint(self.ckpt_path)
+            self.checkpoints.save_resumable(trainer)
             raise StopRequested(self.signal)
 
     def teardown(self, trainer, pl_module, stage) -> None:

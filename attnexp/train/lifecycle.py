@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from attnexp.build.objects import CheckpointError, on_gpu, trainable_parameters, weights_source
+from attnexp.assemble.objects import CheckpointError, on_gpu, trainable_parameters, weights_source
 from attnexp.config.compose import is_bookkeeping, split_override
 from attnexp.errors import StartupError
 from attnexp.train.rundir import RunRecord, provenance

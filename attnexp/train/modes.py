@@ -15,11 +15,9 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from attnexp.build.objects import (
-    best_and_last,
+from attnexp.assemble.objects import (
     build_data,
     build_model,
-    build_module,
     example_input,
     forward_gflops,
     load_weights,
@@ -29,9 +27,9 @@ from attnexp.build.objects import (
     seed_and_threads,
     trainable_parameters,
 )
-from attnexp.train.callbacks import GracefulStop, RunRecorder, StopRequested
+from attnexp.train.callbacks import Checkpoints, GracefulStop, RunRecorder, StopRequested
 from attnexp.train.lifecycle import Lifecycle, RunFailed, failure_message, inference_timing
-from attnexp.train.module import ClassifierModule, NonFiniteLoss
+from attnexp.train.module import ClassifierModule, NonFiniteLoss, build_module
 from attnexp.train.rundir import RunRecord
 
 
@@ -58,10 +56,10 @@ def train(cfg: DictConfig) -> dict:
     logger = make_logger(cfg)
     life = Lifecycle(cfg, logger, hydra_job(), resuming=bool(cfg.ckpt_path))
     ckpt_dir = Path(run_dir) / "checkpoints"
-    checkpoint, last = best_and_last(ckpt_dir)
+    checkpoints = Checkpoints([ckpt_dir], [life], resumable=ckpt_dir / "last.ckpt")
     rates = [LearningRateMonitor(logging_interval="epoch")] if logger else []
-    stopper = GracefulStop(str(ckpt_dir / "last.ckpt"))
-    trainer = make_trainer(cfg, [RunRecorder(life), stopper, checkpoint, last, *rates], logger, run_dir)
+    callbacks = [RunRecorder(life), GracefulStop(checkpoints), checkpoints, *rates]
+    trainer = make_trainer(cfg, callbacks, logger, run_dir)
     life.start(model, trainer)
     zero = trainer.is_global_zero
     try:
@@ -82,8 +80,9 @@ def train(cfg: DictConfig) -> dict:
         raise RunFailed("interrupted", "interrupted", exit_code=130) from None
 
     history, test_acc1, timing = life.history, None, {}
-    if checkpoint.best_model_path:
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint.best_model_path, verbose=False)
+    best = ckpt_dir / "best.ckpt"
+    if best.is_file():
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=str(best), verbose=False)
         life.history = history  # loading the best checkpoint restored its (shorter) history: keep the fit's
         test_acc1 = results[0].get("test/acc1") if results else None
         timing = inference_timing(cfg, lambda: module.model, datamodule, module.device)

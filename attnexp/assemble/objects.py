@@ -1,5 +1,6 @@
 """Config → objects: the model (with pretrained weights), the datamodule, the α schedule, an
-example input, and what trains them: the module, its optimizer, the Trainer and its logger.
+example input, and what trains them: the optimizer, the Trainer and its logger (the training
+modules are built where they are defined, attnexp.train.module and attnexp.pack.module).
 A run, a pack, the dry-run estimate and attnexp-bench all build through these factories.
 
 Each group's node is built inside `blamed(group)`, so whatever a constructor
@@ -13,20 +14,20 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Checkpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from attnexp.config.blame import blamed
 from attnexp.errors import require
 from attnexp.layers.value_maps import scheduled_maps
-from attnexp.pack.module import PackedModule
-from attnexp.train.callbacks import AtomicCheckpointIO
-from attnexp.train.module import ClassifierModule
 
 # keys of a model node that describe it rather than construct it
 MODEL_META_KEYS = ("pretrained", "official_name")
@@ -106,6 +107,30 @@ def read_checkpoint(path: str, key: str) -> dict:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{key}={path}: not a checkpoint (holds a {type(obj).__name__}, not a dict)")
     return obj
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save to a temp file in the same folder, then rename: a kill mid-write keeps the previous file.
+    Reads a run folder written while Lightning's ModelCheckpoint kept its checkpoints (the cda3209
+    fixture) without that callback's states: attnexp.train.callbacks.Checkpoints finds the best so far
+    in the history, and a state no callback answers to would be reported as lost on resume."""
+
+    def load_checkpoint(self, *args, **kwargs) -> dict:
+        checkpoint = super().load_checkpoint(*args, **kwargs)
+        states = checkpoint.get("callbacks") or {}
+        for key in [k for k in states if str(k).startswith("ModelCheckpoint{")]:
+            del states[key]
+        return checkpoint
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def state_dict_of(obj: dict) -> dict[str, torch.Tensor]:
@@ -257,12 +282,12 @@ def make_optimizer(cfg: DictConfig, on_gpu: bool):
     return instantiate(cfg.optimizer, **({"fused": True} if fused else {}))
 
 
-def make_trainer(
-    cfg: DictConfig, callbacks: list, logger, root_dir: str | None = None, checkpointing: bool = True
-) -> pl.Trainer:
+def make_trainer(cfg: DictConfig, callbacks: list, logger, root_dir: str | None = None) -> pl.Trainer:
     """Lightning's Trainer from the trainer node (hydra.utils.instantiate); attnexp fills what
     depends on the machine (auto accelerator, precision and progress bar) and its own parts.
-    `root_dir`: the run's folder (None for the start-up check, which writes nothing)."""
+    `root_dir`: the run's folder (None for the start-up check, which writes nothing). Checkpoints are
+    written by the callbacks given (a run's and a pack's: attnexp.train.callbacks.Checkpoints), never
+    by a default of Lightning's."""
     # the console keeps attnexp's own lines: no start-up banners (accelerator availability, tips), no
     # warnings that do not apply to our loaders
     for name in ("pytorch_lightning", "lightning_fabric"):
@@ -282,7 +307,7 @@ def make_trainer(
         callbacks=callbacks + extra,
         logger=logger,
         default_root_dir=root_dir,
-        enable_checkpointing=checkpointing,  # a pack writes its members' checkpoints itself
+        enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks),
         plugins=[AtomicCheckpointIO()],
     )
 
@@ -290,51 +315,6 @@ def make_trainer(
 def make_logger(cfg: DictConfig):
     """The logger group's choice (TensorBoard by default), writing into the run's folder."""
     return instantiate(cfg.logger) if cfg.get("logger") else False
-
-
-def build_module(cfg: DictConfig, model: torch.nn.Module, run_config: dict | None = None) -> ClassifierModule:
-    """The training module around a backbone, with the fast-path switches (shared with attnexp-bench)."""
-    gpu = on_gpu(cfg)
-    channels_last_tokenizer(model)  # on the CPU too: CCT-2's train step runs ~1.2× faster (docs/speed.md)
-    return ClassifierModule(
-        maybe_compile(model, cfg.compute.compile),
-        optimizer=make_optimizer(cfg, gpu),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        label_smoothing=cfg.label_smoothing,
-        eval_label_smoothing=cfg.label_smoothing if cfg.recipe.smooth_eval_loss else 0.0,
-        alpha=build_alpha(cfg),
-        run_config=run_config,
-        nonfinite_every=cfg.trainer.log_every_n_steps if gpu else 1,
-        seed=cfg.seed,
-    )
-
-
-def build_pack(cfgs: list[DictConfig], models: list[nn.Module]) -> PackedModule:
-    """The members' models as one vectorised module, trained as each member's run would be (one
-    optimizer over the stacked tensors is K independent AdamWs)."""
-    base = cfgs[0]
-    return PackedModule(
-        models,
-        seeds=[c.seed for c in cfgs],
-        optimizer=make_optimizer(base, on_gpu(base)),
-        scheduler=instantiate(base.scheduler) if base.get("scheduler") else None,
-        label_smoothing=base.label_smoothing,
-        eval_label_smoothing=base.label_smoothing if base.recipe.smooth_eval_loss else 0.0,
-        alphas=[build_alpha(c) for c in cfgs],
-    )
-
-
-def best_and_last(ckpt_dir) -> tuple:
-    """The run's best.ckpt (by validation top-1) and last.ckpt (every epoch). Two callbacks: Lightning's
-    save_last only rewrites last.ckpt when the best improved, so a resume would repeat epochs.
-    (A packed member's checkpoints are written to match.)"""
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
-    best = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor="val/acc1", mode="max", auto_insert_metric_name=False
-    )
-    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False)
-    return best, last
 
 
 def forward_gflops(cfg: DictConfig, model: nn.Module) -> float:

@@ -18,7 +18,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from attnexp.build.objects import build_alpha, build_backbone, build_data, example_input, make_optimizer, make_trainer
+from attnexp.assemble.objects import (
+    build_alpha,
+    build_backbone,
+    build_data,
+    example_input,
+    make_optimizer,
+    make_trainer,
+)
 from attnexp.config.blame import blamed
 from attnexp.data.files import DataMissingError
 from attnexp.errors import ConfigError
