@@ -150,10 +150,17 @@ def test_a_single_run_with_auto_seeds_is_refused(tmp_path):
 
 
 def test_dry_run_shows_stage_one_and_the_worst_case(tmp_path):
-    done = attnexp_main("-m", *AUTO, "sweep.dry_run=true", cwd=tmp_path)
+    done = attnexp_main("-m", *AUTO, "sweep.dry_run=true", "sweep.family=true", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"({4 * PILOT} jobs; nothing is run or written)" in done.stdout
     assert f"sweep.max_seeds={MAX_SEEDS} seeds: {4 * MAX_SEEDS} jobs" in done.stdout
+    # what family-wise costs: 3 variants against the baseline, t with pilot − 1 df at 1 − 0.05/6
+    one, three = t.ppf(0.975, PILOT - 1), t.ppf(1 - 0.05 / 6, PILOT - 1)
+    assert (
+        f"3 variants against seqpool=x,trainer.log_every_n_steps=1: t({PILOT - 1} df) {one:.2f} → {three:.2f}"
+        in done.stdout
+    )
+    assert f"N × {(three / one) ** 2:.2f}" in done.stdout
     assert not list(tmp_path.rglob("sweep.json"))
 
 
@@ -305,3 +312,69 @@ def test_a_baseline_is_found_however_its_values_are_spelled():
     items = [{"optimizer.lr": "1e-3", "flag": "true"}, {"optimizer.lr": "3e-3", "flag": "true"}]
     assert pick_baselines(items, {"optimizer.lr": 0.001, "flag": True}, ["optimizer.lr"]) == [0, 0]
     assert pick_baselines(items, {"optimizer.lr": 0.002}, ["optimizer.lr"]) == [None, None]
+
+
+@pytest.mark.parametrize(
+    "val_split, metric, given, statistic, refused",
+    [
+        (0.0, "val/acc1", None, "final", None),  # val/* is the test split: no selection by default
+        (0.0, "val/acc1", "best", "best", None),  # asked for: allowed, labelled optimistic
+        (0.1, "val/acc1", None, "best", None),  # held out: test top-1 at the best validation epoch
+        (0.1, "val/loss", None, "final", None),
+        (0.1, "val/loss", "best", None, "best is test_acc1_at_best_val: top-1"),
+        (0.0, "val/loss", "mean", "mean", None),
+    ],
+)
+def test_the_default_statistic_selects_nothing_on_the_test_split(val_split, metric, given, statistic, refused):
+    from omegaconf import OmegaConf
+
+    from attnexp.errors import ConfigError
+    from attnexp.sweep import adaptive
+
+    jobs = [([], "", OmegaConf.create({"data": {"val_split": val_split}}))]
+    master = OmegaConf.create({"sweep": {"statistic": given, "metric": metric, "pilot": 5, "max_seeds": 20,
+                                         "precision": 0.5, "family": False}})  # fmt: skip
+    if refused:
+        with pytest.raises(ConfigError, match=refused):
+            adaptive.settle(master, jobs, None)
+        return
+    adaptive.settle(master, jobs, None)
+    assert master.sweep.statistic == statistic
+    label = adaptive.settings(master, jobs)["statistic_label"]
+    assert ("optimistic" in label) == (statistic == "best" and val_split == 0)
+    assert ("test_acc1_at_best_val" in label) == (statistic == "best" and val_split > 0)
+    # a resumed sweep keeps sweep.json's statistic, and refuses another one given
+    master.sweep.statistic = None
+    adaptive.settle(master, jobs, {"statistic": "mean"})
+    assert master.sweep.statistic == "mean"
+    master.sweep.statistic = "mean"  # on the command line of the resume
+    with pytest.raises(ConfigError, match="sized on final .sweep.json.: a resumed sweep keeps it"):
+        adaptive.settle(master, jobs, {"statistic": "final"})
+    mixed = jobs + [([], "", OmegaConf.create({"data": {"val_split": 0.2 if val_split == 0 else 0.0}}))]
+    with pytest.raises(ConfigError, match="one sweep sizes on one split"):
+        adaptive.settle(master, mixed, None)
+
+
+def test_a_variant_without_its_own_baseline_runs_its_pilot_only(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from attnexp.sweep import adaptive
+
+    results = {"x": {s: 80.0 + s for s in range(3)}, "a": {s: 81.0 + 1.3 * s for s in range(3)}}
+    bases = {("seqpool=x",): ("seqpool=x",), ("seqpool=a",): ("seqpool=x",), ("seqpool=b",): "no configuration of this sweep has seqpool=x,model=vit"}  # fmt: skip
+    jobs = [
+        ([f"seqpool={line}", f"seed={s}"], f"seqpool={line}/seed_{s}", OmegaConf.create({"seed": s}))
+        for line in ("x", "a", "b")
+        for s in range(3)
+    ]
+    monkeypatch.setattr(adaptive, "baselines", lambda jobs, spec: bases)
+    monkeypatch.setattr(adaptive, "value", lambda d, sw, held: (results.get(d.parent.name[8:], {0: 1.0, 1: 2.0, 2: 3.0})[int(d.name[5:])], "", (1,)))  # fmt: skip
+    sweep = {"pilot": 3, "max_seeds": 10, "precision": 0.5, "metric": "val/acc1", "statistic": "final", "family": True}
+    master = OmegaConf.create({"sweep": sweep | {"baseline": {"seqpool": "x"}}})
+    record, more = adaptive.decide(str(tmp_path), master, jobs)
+    a, b = record["comparisons"]
+    assert (b["stopped"], b["baseline"], b["n"]) == ("no baseline", None, 3)
+    assert "seqpool=x,model=vit" in b["why"] and not any("seqpool=b" in o for o in map(str, more))
+    # family-wise: k = 1 variant against x (b has no baseline), so N is the per-comparison N here
+    assert a["k"] == 1 and a["n"] == min(10, max(3, math.ceil((t.ppf(0.975, 2) * a["s0"] / 0.5) ** 2)))
+    assert "seqpool=b: no baseline (no configuration of this sweep has seqpool=x,model=vit)" in adaptive.summary(record)
