@@ -378,3 +378,21 @@ def test_a_variant_without_its_own_baseline_runs_its_pilot_only(tmp_path, monkey
     # family-wise: k = 1 variant against x (b has no baseline), so N is the per-comparison N here
     assert a["k"] == 1 and a["n"] == min(10, max(3, math.ceil((t.ppf(0.975, 2) * a["s0"] / 0.5) ** 2)))
     assert "seqpool=b: no baseline (no configuration of this sweep has seqpool=x,model=vit)" in adaptive.summary(record)
+
+
+def test_sizing_leaves_out_a_run_with_a_non_finite_metric(tmp_path):
+    """A NaN at the first epoch or an inf at a later one: the run has no value to size on, and says why."""
+    from omegaconf import OmegaConf
+    from test_report import make_run
+
+    from attnexp.sweep import adaptive
+
+    sw = OmegaConf.create({"metric": "val/acc1", "statistic": "final"})
+    first = make_run(tmp_path, ["seqpool=x"], 0, [math.nan, 70.0, 71.0])
+    later = make_run(tmp_path, ["seqpool=x"], 1, [60.0, math.inf, 71.0])
+    fine = make_run(tmp_path, ["seqpool=x"], 2, [60.0, 70.0, 71.5])
+    assert adaptive.value(first, sw, False)[:2] == (None, "non-finite val/acc1 at epoch 1")
+    assert adaptive.value(later, sw, False)[:2] == (None, "non-finite val/acc1 at epoch 2")
+    assert adaptive.value(fine, sw, False) == (71.5, "", (1, 2, 3))
+    sw.statistic = "mean"
+    assert adaptive.value(fine, sw, False)[0] == pytest.approx((60.0 + 70.0 + 71.5) / 3)
