@@ -144,6 +144,9 @@ def test_table_statistics_and_paired_interval(sweep, tmp_path, capsys):
         assert float(row["final_mean"]) == pytest.approx(statistics.mean(final))
         assert float(row["final_std"]) == pytest.approx(statistics.stdev(final))
         assert float(row["s_per_epoch"]) == pytest.approx(3.0)
+        areas = [statistics.mean(np.float32(c).tolist()) for c in seeds.values()]  # the mean over epochs
+        assert float(row["mean_mean"]) == pytest.approx(statistics.mean(areas))
+        assert row["baseline"] == "seqpool=x"
         if seqpool != "x":  # the runs share seeds 0-2: paired, from each run's metrics.json
             mine, base = (
                 from_metrics(sweep, f"data=fake,seqpool={seqpool}", (0, 1, 2)),
@@ -151,13 +154,20 @@ def test_table_statistics_and_paired_interval(sweep, tmp_path, capsys):
             )
             for which in ("best", "final"):
                 assert_interval(row, which, paired(mine[which], base[which]))
-                assert row[f"interval_{which}"] == "t"
-            assert (row["pairing"], row["n_pairs"], row["stopped"], row["no_spread"]) == ("paired", "3", "", "false")
+                assert row[f"interval_{which}"] == "t" and row[f"no_spread_{which}"] == "false"
+            theirs = [statistics.mean(np.float32(c).tolist()) for c in CURVES["x"].values()]
+            assert_interval(row, "mean", paired(areas, theirs))
+            assert (row["pairing"], row["n_pairs"], row["stopped"]) == ("paired", "3", "")
     assert rows["seqpool=x"]["verdict_best"] == "baseline" and rows["seqpool=x"]["pairing"] == ""
     assert rows["seqpool=softmax"]["verdict_best"] == "better"  # ~10 points apart, stds ~1
     assert rows["seqpool=shift"]["verdict_best"] == "can't tell"  # means 71.0 vs 71.3, stds ~2
     text = (out / "report.md").read_text()
-    assert "| paired, 3 seeds |" in text and "2 comparisons, 2 intervals: each covers 95 % on its own" in text
+    assert "| seqpool=x | paired, 3 seeds |" in text and "2 comparisons: each interval covers 95 % on its own" in text
+    assert (
+        "final top-1 [test]" in text
+        and "best top-1 [test]" in text
+        and "selected on the test split: optimistic" in text
+    )
     assert "Welch" not in text and "Stein" not in text
     assert text.index("| seqpool=x |") < text.index("| seqpool=softmax |")  # the baseline row leads
     assert capsys.readouterr().out.startswith("# attnexp report")
@@ -228,8 +238,8 @@ def adaptive_sweep(root: Path, metric: str = "val/acc1") -> dict[str, dict]:
     comparison = {"baseline_overrides": ["seqpool=x", auto], "pairs": 5, "stopped": "precision", "dropped": []}
     adaptive = {"pilot": 5, "max_seeds": 20, "precision": 1.0, "metric": "val/acc1", "statistic": "best"}
     adaptive |= {"baseline": {"seqpool": "x"}, "comparisons": [
-        comparison | {"overrides": ["seqpool=softmax", auto], "s0": 0.8, "n": 7},
-        comparison | {"overrides": ["seqpool=shift", auto], "s0": 0.0, "n": 5},
+        comparison | {"overrides": ["seqpool=softmax", auto], "s0": 0.8, "n": 7, "no_spread": False},
+        comparison | {"overrides": ["seqpool=shift", auto], "s0": 0.0, "n": 5, "no_spread": True},
     ]}  # fmt: skip
     (root / "sweep.json").write_text(json.dumps({"command": "attnexp -m ...", "jobs": [], "adaptive": adaptive}))
     # no --baseline: sweep.json's
@@ -247,20 +257,33 @@ def test_stein_interval_on_the_sized_statistic_of_an_adaptive_sweep(tmp_path):
     half = student_t.ppf(0.975, 5 - 1) * 0.8 / math.sqrt(7)  # pilot pairs − 1 df, sweep.json's s₀, √N
     assert_interval(sized, "best", (d, d - half, d + half))
     assert_interval(sized, "final", paired(mine["final"], base["final"]))  # not sized: ordinary paired t
-    assert [sized[k] for k in ("interval_best", "interval_final", "n_pairs", "stopped", "no_spread")] == [
+    assert [sized[k] for k in ("interval_best", "interval_final", "n_pairs", "stopped", "no_spread_best")] == [
         "stein", "t", "7", "precision", "false"]  # fmt: skip
     flat = rows["seqpool=shift"]
     mine = from_metrics(root, "seqpool=shift,sweep.seeds=auto", range(5))
-    assert_interval(flat, "best", (0.5, 0.5, 0.5))
+    assert float(flat["d_best"]) == pytest.approx(0.5) and flat["d_best_low"] == "nan"  # no spread: no interval
+    assert flat["verdict_best"] == "can't tell"
     assert_interval(flat, "final", paired(mine["final"], base["final"][:5]))
-    assert (flat["interval_best"], flat["no_spread"], flat["n_pairs"]) == ("stein", "true", "5")
+    assert (flat["interval_best"], flat["no_spread_best"], flat["n_pairs"]) == ("stein", "true", "5")
     text = (root / "out_val" / "report.md").read_text()
-    assert "| Stein on best, paired t on final, 7 seeds, stopped: precision |" in text
-    assert "| Stein on best, paired t on final, 5 seeds, stopped: precision, no spread in pilot |" in text
+    assert "| paired t on final and mean, Stein on best, 7 seeds, stopped: precision |" in text
+    assert (
+        "| paired t on final and mean, Stein on best, 5 seeds, stopped: precision, no spread on best (5 equal differences) |"
+        in text
+    )
     assert "averaged over the pilot's outcomes" in text and "not for one variant taken alone given its N" in text
     # the sweep sized val/acc1: on another metric its intervals are ordinary paired t
     other = adaptive_sweep(tmp_path / "loss", "train/loss")["seqpool=softmax"]
     assert (other["interval_best"], other["interval_final"], other["stopped"]) == ("t", "t", "precision")
+    # sized per comparison, reported family-wise: Bonferroni over the 2 rows, the sweep's s₀ and N
+    assert report.main([str(root), "--family", "--out", str(root / "fam")]) == 0
+    fam = read_csv(root / "fam" / "report.csv")["seqpool=softmax"]
+    wide = student_t.ppf(1 - 0.05 / 4, 5 - 1) * 0.8 / math.sqrt(7)
+    assert_interval(fam, "best", (d, d - wide, d + wide))
+    assert (
+        fam["family_k"] == "2"
+        and "family-wise (k = 2), sized per comparison" in (root / "fam" / "report.md").read_text()
+    )
 
 
 def test_diff_band_per_epoch_is_a_paired_t_over_the_pairs_that_reached_it():
@@ -269,8 +292,8 @@ def test_diff_band_per_epoch_is_a_paired_t_over_the_pairs_that_reached_it():
 
     variant = [run(60.0, 71.0, 72.0), run(61.0, 70.0), run(59.5, 72.5, 71.0)]  # the 2nd stopped after epoch 2
     base = [run(58.0, 70.0, 70.5), run(60.0, 68.5, 69.0), run(59.0, 70.0, 70.0)]
-    epochs, bands = report.epoch_differences(list(zip(variant, base)), "val/acc1")
-    assert epochs == [1, 2, 3]
+    epochs, bands, simultaneous = report.epoch_differences(list(zip(variant, base)), "val/acc1")
+    assert epochs == [1, 2, 3] and simultaneous is None  # 3 pairs: too few for a sign-flip band
     for e, band in zip(epochs, bands.T):
         reached = [
             (a.curves["val/acc1"][e], b.curves["val/acc1"][e])
@@ -458,3 +481,155 @@ def test_bad_input_is_one_line(tmp_path, sweep, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 4 and all(line.startswith("attnexp-report: error: ") for line in err)
     assert "no such folder" in err[0] and "no group matches" in err[1] and "seed000" in err[2] and "KEY=VALUE" in err[3]
+
+
+def test_every_comparison_names_its_own_baseline(tmp_path):
+    """No fallback to another row's baseline: vit/softmax has no vit/x, and says why."""
+    items = [{"seqpool": "x", "model": "cnn"}, {"seqpool": "softmax", "model": "cnn"}, {"seqpool": "softmax", "model": "vit"}]  # fmt: skip
+    assert report.pick_baselines(items, {"seqpool": "x"}, ["seqpool", "model"]) == [0, 0, None]
+    root = tmp_path / "grid"
+    for seed in range(3):
+        make_run(root, ["model=cnn", "seqpool=x"], seed, [60.0 + seed, 70.0 + seed])
+        make_run(root, ["model=cnn", "seqpool=softmax"], seed, [61.0 + seed, 72.0 + seed * 1.1])
+        make_run(root, ["model=vit", "seqpool=softmax"], seed, [50.0 + seed, 55.0])
+    assert report.main([str(root), "--baseline", "seqpool=x", "--out", str(tmp_path / "a")]) == 0
+    rows = read_csv(tmp_path / "a" / "report.csv")
+    vit = rows["model=vit, seqpool=softmax"]
+    assert vit["baseline"] == "no baseline: seqpool=x, model=vit never ran"
+    assert all(vit[f"d_{w}"] == "" and vit[f"verdict_{w}"] == "" for w in ("final", "mean", "best"))
+    assert rows["model=cnn, seqpool=softmax"]["baseline"] == "model=cnn, seqpool=x"
+    assert "| no baseline: seqpool=x, model=vit never ran |" in (tmp_path / "a" / "report.md").read_text()
+    # vit/x ran, and every run of it failed: the seeds and why
+    for seed in range(2):
+        make_run(root, ["model=vit", "seqpool=x"], seed, [10.0], status="failed", metrics={"reason": "OOM"})
+    assert report.main([str(root), "--baseline", "seqpool=x", "--out", str(tmp_path / "b")]) == 0
+    vit = read_csv(tmp_path / "b" / "report.csv")["model=vit, seqpool=softmax"]
+    assert vit["baseline"] == "no baseline: no usable run of seqpool=x, model=vit (seed 0: failed: OOM, 1: failed: OOM)"
+
+
+def test_a_non_finite_metric_takes_its_run_out_with_its_reason(tmp_path):
+    """NaN at the first epoch, inf at a later one: both runs out of the statistics, nothing crashes."""
+    root = tmp_path / "s"
+    x = {0: [60.0, 70.0, 69.0], 1: [61.0, 72.0, 71.5], 2: [59.0, 71.0, 70.0], 3: [58.0, 69.0, math.inf]}
+    softmax = {0: [70.0, 80.0, 79.0], 1: [math.nan, 81.0, 80.5], 2: [72.0, 82.5, 82.0], 3: [71.0, 80.0, 81.0]}
+    for seqpool, seeds in (("x", x), ("softmax", softmax)):
+        for seed, accs in seeds.items():
+            make_run(root, [f"seqpool={seqpool}"], seed, accs)
+    out = tmp_path / "out"
+    assert report.main([str(root), "--baseline", "seqpool=x", "--out", str(out)]) == 0
+    rows = read_csv(out / "report.csv")
+    assert rows["seqpool=x"]["n"] == "3" and rows["seqpool=softmax"]["n"] == "3"
+    assert float(rows["seqpool=x"]["best_mean"]) == pytest.approx(statistics.mean([70.0, 72.0, 71.0]))
+    row = rows["seqpool=softmax"]
+    mine, theirs = from_metrics(root, "seqpool=softmax", (0, 2)), from_metrics(root, "seqpool=x", (0, 2))
+    assert_interval(row, "final", paired(mine["final"], theirs["final"]))
+    text = (out / "report.md").read_text()
+    section = text[text.index("## Pairs dropped (2)") :]
+    assert "| seqpool=softmax | seqpool=x | 1 | seqpool=softmax: non-finite val/acc1 at epoch 1 |" in section
+    assert "| seqpool=softmax | seqpool=x | 3 | seqpool=x: non-finite val/acc1 at epoch 3 |" in section
+    # sizing refuses a non-finite s₀ rather than plan a negative N
+    from attnexp.sweep.compare import stein_seeds
+
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="finite"):
+            stein_seeds(bad, 5, 0.5, 5, 20)
+
+
+def test_differences_without_spread_give_no_verdict(tmp_path):
+    """Two seeds each 3 test images (0.03 points) ahead: float32 makes the differences 0.0300064 and
+    0.0299988, not an interval [0.02995, 0.03005] and "better"."""
+    from attnexp.sweep.compare import paired_interval
+
+    d, low, high = paired_interval([0.1, 0.1])
+    assert d == pytest.approx(0.1) and math.isnan(low) and math.isnan(high)
+    root = tmp_path / "s"
+    for seed, acc in enumerate([71.23, 55.55]):
+        make_run(root, ["seqpool=x"], seed, [acc])
+        make_run(root, ["seqpool=softmax"], seed, [acc + 0.03])
+    diffs = [float(np.float32(a + 0.03)) - float(np.float32(a)) for a in (71.23, 55.55)]
+    assert diffs[0] != diffs[1] and max(diffs) - min(diffs) < 1e-4  # "equal" only up to float32
+    assert report.main([str(root), "--baseline", "seqpool=x", "--out", str(tmp_path / "o")]) == 0
+    row = read_csv(tmp_path / "o" / "report.csv")["seqpool=softmax"]
+    assert (row["no_spread_final"], row["verdict_final"], row["d_final_low"]) == ("true", "can't tell", "nan")
+    assert "no spread on final (2 equal differences)" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_mean_drops_pairs_whose_epochs_differ(tmp_path):
+    root = tmp_path / "s"
+    x = {0: [60.0, 70.0, 69.0], 1: [61.0, 72.0, 71.5], 2: [59.0, 71.0, 70.0]}
+    softmax = {0: [62.0, 71.0, 70.0], 1: [64.0, 73.0], 2: [61.0, 73.0, 73.0]}  # seed 1 logged 2 epochs
+    for seqpool, seeds in (("x", x), ("softmax", softmax)):
+        for seed, accs in seeds.items():
+            make_run(root, [f"seqpool={seqpool}"], seed, accs)
+    assert report.main([str(root), "--baseline", "seqpool=x", "--out", str(tmp_path / "o")]) == 0
+    row = read_csv(tmp_path / "o" / "report.csv")["seqpool=softmax"]
+    areas = {s: statistics.mean(c) for s, c in softmax.items()}
+    assert_interval(row, "mean", paired([areas[0], areas[2]], [statistics.mean(x[0]), statistics.mean(x[2])]))
+    assert_interval(row, "final", paired([70.0, 73.0, 73.0], [69.0, 71.5, 70.0]))  # final keeps all three
+    assert (
+        "| seqpool=softmax | seqpool=x | 1 | epochs differ (out of mean) |"
+        in (tmp_path / "o" / "report.md").read_text()
+    )
+
+
+def test_a_held_out_split_scores_best_on_the_test_split_at_best_validation(tmp_path, capsys):
+    root = tmp_path / "s"
+    held = {"data": {"val_split": 0.1}}
+    test_at_best = {"x": [68.0, 69.5, 67.0], "softmax": [70.0, 72.5, None]}  # softmax seed 2: no best checkpoint
+    for seqpool, seeds in CURVES.items():
+        if seqpool == "shift":
+            continue
+        for seed, accs in seeds.items():
+            score = test_at_best[seqpool][seed]
+            make_run(root, [f"seqpool={seqpool}"], seed, accs, config=held, metrics={"test_acc1_at_best_val": score})
+    out = tmp_path / "o"
+    assert report.main([str(root), "--baseline", "seqpool=x", "--out", str(out)]) == 0
+    rows = read_csv(out / "report.csv")
+    assert float(rows["seqpool=x"]["best_mean"]) == pytest.approx(statistics.mean(test_at_best["x"]))
+    assert rows["seqpool=softmax"]["n"] == "3" and float(rows["seqpool=softmax"]["best_mean"]) == pytest.approx(71.25)
+    assert float(rows["seqpool=softmax"]["d_best"]) == pytest.approx(statistics.mean([70.0 - 68.0, 72.5 - 69.5]))
+    text = (out / "report.md").read_text()
+    assert "final top-1 [validation]" in text and "best top-1 [test]" in text and "test_acc1_at_best_val" in text
+    assert "| seqpool=softmax | seqpool=x | 2 | no test_acc1_at_best_val (out of best) |" in text
+    # best exists for top-1 only: another metric leaves the column empty
+    assert (
+        report.main([str(root), "--baseline", "seqpool=x", "--metric", "train/loss", "--out", str(tmp_path / "l")]) == 0
+    )
+    loss = read_csv(tmp_path / "l" / "report.csv")["seqpool=softmax"]
+    assert loss["best_mean"] == "" and loss["d_best"] == "" and loss["d_final"] != ""
+    # runs of both kinds of split are refused in one table
+    make_run(root, ["seqpool=shift"], 0, [50.0])
+    capsys.readouterr()
+    assert report.main([str(root), "--out", str(tmp_path / "m")]) == 2
+    assert "mix data.val_split = 0 (1 runs" in capsys.readouterr().err
+
+
+def test_the_simultaneous_band_is_the_sign_flip_max_t_quantile():
+    """The critical value against every sign flip written out, and what the band buys: under no
+    difference, the simultaneous band covers 0 at every epoch in ≥ 90 % of simulated sweeps, where
+    the pointwise bands all cover far less often."""
+    import itertools
+
+    from attnexp.sweep.compare import simultaneous_band, t_quantile
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, 4))
+    stats = []
+    for signs in itertools.product([1, -1], repeat=6):
+        y = np.array(signs)[:, None] * (x - x.mean(axis=0))
+        stats.append(max(abs(y[:, e].mean()) / (y[:, e].std(ddof=1) / math.sqrt(6)) for e in range(4)))
+    assert simultaneous_band(x) == pytest.approx(sorted(stats)[math.ceil(0.95 * 64) - 1])
+    assert simultaneous_band(x[:5]) is None
+
+    sims, n, epochs = 300, 8, 30
+    both, pointwise = 0, 0
+    for _ in range(sims):  # differences that drift slowly over epochs (AR(1)), true mean 0
+        z = rng.normal(size=(n, epochs))
+        d = np.empty_like(z)
+        d[:, 0] = z[:, 0]
+        for e in range(1, epochs):
+            d[:, e] = 0.8 * d[:, e - 1] + 0.6 * z[:, e]
+        se = d.std(axis=0, ddof=1) / math.sqrt(n)
+        both += bool((np.abs(d.mean(axis=0)) <= simultaneous_band(d) * se).all())
+        pointwise += bool((np.abs(d.mean(axis=0)) <= t_quantile(n - 1) * se).all())
+    assert both / sims >= 0.90 and pointwise / sims < 0.80, (both / sims, pointwise / sims)

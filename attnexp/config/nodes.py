@@ -25,9 +25,10 @@ class Seeds(Choice):
     auto = "auto"  # Stein's two-stage sweep: as many seeds as sweep.precision needs (attnexp/sweep/adaptive.py)
 
 
-class Statistic(Choice):
-    best = "best"  # the best epoch's value of sweep.metric
-    final = "final"  # the last epoch's
+class Statistic(Choice):  # attnexp/sweep/statistic.py says what each is, and when each is refused
+    final = "final"  # the last epoch's value of sweep.metric
+    mean = "mean"  # its mean over the epochs: the learning curve as one number
+    best = "best"  # data.val_split > 0: test top-1 at the best validation epoch; = 0: max over epochs (optimistic)
 
 
 @dataclass
@@ -68,7 +69,8 @@ class SweepSchema:
     max_seeds: int = 20
     precision: Optional[float] = None  # in points of `statistic` of the TensorBoard tag `metric`
     metric: str = "val/acc1"
-    statistic: Statistic = Statistic.best
+    statistic: Optional[Statistic] = None  # None: best for val/acc1 with data.val_split > 0, final otherwise
+    family: bool = False  # Bonferroni over the variants compared with each baseline (sizing and intervals)
     baseline: Any = None  # the baseline's choices: 'sweep.baseline={seqpool:x}'
 
 

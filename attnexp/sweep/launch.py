@@ -87,6 +87,8 @@ def sweep(overrides: list[str]) -> int:
             print(f"  sweep.seeds=auto: above is stage 1 (seeds 0-{sw.pilot - 1}); in the worst case every "
                   f"configuration runs sweep.max_seeds={sw.max_seeds} seeds: {len(jobs) * sw.max_seeds // sw.pilot} "
                   f"jobs, ≈ {duration(one_at_a_time * sw.max_seeds / sw.pilot)} one job at a time")  # fmt: skip
+            if sw.family:
+                print("\n".join(adaptive.family_cost(jobs, sw)))
         if not given(overrides, "hydra.sweep.dir"):
             release_dir(sweep_dir)
         return 0
@@ -96,15 +98,27 @@ def sweep(overrides: list[str]) -> int:
     OmegaConf.save(master, Path(sweep_dir) / "multirun.yaml")
     configure_log(master.hydra.hydra_logging, master.hydra.verbose)
     launcher = Plugins.instance().instantiate_launcher(hydra_context=_context(), task_function=job, config=master)
+    if master.sweep.seeds:
+        manifest.write_adaptive(sweep_dir, (manifest.read_adaptive(sweep_dir) or {}) | adaptive.settings(master, jobs))
     stopped = launch_stage(launcher, sweep_dir, jobs, grouped, 0)
     if master.sweep.seeds and not stopped:
-        decided = adaptive.decide(sweep_dir, master, jobs)
-        if decided:
-            record, more = decided
-            stage_two = compose_jobs(master, more)
-            stopped = launch_stage(launcher, sweep_dir, stage_two, packs(master, stage_two), len(jobs))
-            print(adaptive.summary(record))
+        stopped = stage_two(launcher, sweep_dir, master, jobs)
     return manifest.finish(sweep_dir, started, resume) or int(stopped)
+
+
+def stage_two(launcher, sweep_dir: str, master: DictConfig, jobs: list) -> bool:
+    """Round after round, the seeds each variant and its baseline still need; whether the launcher stopped early."""
+    record, stopped = None, False
+    while not stopped and (decided := adaptive.decide(sweep_dir, master, jobs)):
+        record, more = decided
+        if not more:
+            break
+        added = compose_jobs(master, more)
+        stopped = launch_stage(launcher, sweep_dir, added, packs(master, added), len(jobs))
+        jobs = jobs + added
+    if record:
+        print(adaptive.summary(record))
+    return stopped
 
 
 def launch_stage(launcher, sweep_dir: str, jobs: list, grouped: list | None, first: int) -> bool:

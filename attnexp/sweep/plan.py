@@ -16,7 +16,7 @@ from attnexp.config.blame import blamed
 from attnexp.config.compose import compose, config_loader, hydra_config, set_hydra_key, split_hydra, split_override
 from attnexp.errors import ConfigError, StartupError
 from attnexp.sweep import adaptive
-from attnexp.sweep.manifest import read_manifest
+from attnexp.sweep.manifest import read_adaptive, read_manifest
 from attnexp.train.rundir import claim_dir, read_metrics
 
 
@@ -107,6 +107,9 @@ def plan(overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str], str, D
         jobs = compose_jobs(master, [[*job, f"sweep.swept=[{','.join(swept)}]"] for job in expand(parsed)])
         if master.sweep.seeds:
             adaptive.baselines(jobs, OmegaConf.to_container(master.sweep.baseline))  # one must match
+            with hydra_config(master):
+                recorded = read_adaptive(str(master.hydra.sweep.dir)) if master.sweep.resume else None
+            adaptive.settle(master, jobs, recorded)
         grouped = packs(master, jobs)
     except StartupError:
         if not given(overrides, "hydra.sweep.dir"):

@@ -28,8 +28,20 @@ import yaml
 from omegaconf import OmegaConf
 
 from attnexp.config.compose import is_bookkeeping, split_override
-from attnexp.sweep.compare import CONFIDENCE, paired_interval, pick_baselines, stein_interval, summarize, welch_interval
+from attnexp.sweep import statistic
+from attnexp.sweep.compare import (
+    CONFIDENCE,
+    baseline_choices,
+    no_spread,
+    paired_interval,
+    pick_baselines,
+    same_value,
+    simultaneous_band,
+    stein_interval,
+    welch_interval,
+)
 from attnexp.sweep.manifest import read_adaptive, read_manifest
+from attnexp.sweep.statistic import STATISTICS
 from attnexp.train.rundir import read_curves, read_metrics
 
 LOSS_TAG = "train/loss"
@@ -55,6 +67,15 @@ class ReportRun:
     config: object = None  # the job's DictConfig (.hydra/config.yaml)
     metrics: dict = field(default_factory=dict)  # metrics.json
     curves: dict = field(default_factory=dict)  # TensorBoard tag → {epoch: value}
+
+    @property
+    def held_out(self) -> bool:
+        """Whether it validated on a held-out part of train (data.val_split > 0): val/* is not the test split."""
+        split = OmegaConf.select(self.config, "data.val_split", default=0) if self.config is not None else 0
+        return bool(split and float(split) > 0)
+
+    def epochs(self, metric: str) -> tuple:
+        return tuple(sorted(self.curves.get(metric, {})))
 
     def value(self, key: str) -> str | None:
         """A key's value as the run saw it: its override, its group choice, or its config value."""
@@ -153,13 +174,24 @@ class Group:
         return self.runs[0]
 
     def values(self, which: str, metric: str) -> list[float]:
-        return [summarize(r.curves[metric], which, metric) for r in self.runs]
+        """The runs' `which` statistic, left out where a run has none (best of a held-out split without its test score)."""
+        got = (run_value(r, which, metric) for r in self.runs)
+        return [v for v in got if v is not None]
+
+
+def run_value(run: ReportRun, which: str, metric: str) -> float | None:
+    return statistic.value(run.curves[metric], run.metrics, which, metric, run.held_out)
+
+
+def usable(run: ReportRun, metric: str) -> bool:
+    """Finished, and its curve of `metric` logged and finite: in that metric's statistics."""
+    return run.status == "done" and not statistic.out_of_statistics(run.curves.get(metric), metric)
 
 
 def make_groups(runs: list[ReportRun], metric: str) -> list[Group]:
     by_key: dict[tuple, list[ReportRun]] = {}
     for r in runs:
-        if r.status == "done" and metric in r.curves:
+        if usable(r, metric):
             by_key.setdefault(r.key, []).append(r)
     groups = [Group(k, v) for k, v in by_key.items()]
     varying = varying_keys(groups)
@@ -187,14 +219,39 @@ def parse_pairs(specs: list[str] | None, flag: str) -> dict[str, str]:
     return pairs
 
 
-def baselines_for(groups: list[Group], spec: dict[str, str]) -> dict[int, Group | None]:
-    """For each group, the baseline group it is compared with (compare.pick_baselines)."""
+def baselines_for(groups: list[Group], spec: dict[str, str], runs: list[ReportRun], metric: str) -> dict:
+    """For each group, the baseline group it is compared with (compare.pick_baselines: its own, never
+    another row's), or why it has none ("no baseline: ..."); None without a --baseline."""
     if not spec:
         return {id(g): None for g in groups}
     keys = varying_keys(groups)
     items = [{k: g.first().value(k) for k in [*spec, *keys]} for g in groups]
     picked = pick_baselines(items, spec, keys)
-    return {id(g): None if p is None else groups[p] for g, p in zip(groups, picked)}
+    bases = [items[p] for p in set(picked) if p is not None]
+    return {
+        id(g): groups[p] if p is not None else missing_baseline(baseline_choices(d, spec, keys, bases), runs, metric)
+        for g, d, p in zip(groups, items, picked)
+    }
+
+
+def missing_baseline(choices: dict, runs: list[ReportRun], metric: str) -> str:
+    """Why the baseline with these choices is not there: it never ran, or none of its runs is usable."""
+    named = ", ".join(f"{k}={v}" for k, v in choices.items())
+    tried = [r for r in runs if all(r.value(k) is not None and same_value(r.value(k), v) for k, v in choices.items())]
+    if not tried:
+        return f"no baseline: {named} never ran"
+    seeds = ", ".join(f"{r.seed}: {why_not(r, metric)}" for r in sorted(tried, key=lambda r: str(r.seed)))
+    return f"no baseline: no usable run of {named} (seed {seeds})"
+
+
+def check_splits(runs: list[ReportRun]) -> None:
+    """val/* means the test split with data.val_split = 0 and a held-out split otherwise: one table, one meaning."""
+    kinds = Counter(r.held_out for r in runs if r.status == "done" and r.config is not None)
+    if len(kinds) > 1:
+        raise ReportError(
+            f"these runs mix data.val_split = 0 ({kinds[False]} runs, val/* is the test split) and > 0 "
+            f"({kinds[True]} runs, val/* is a held-out split): report them apart"
+        )
 
 
 def numerics_of(run: ReportRun) -> tuple[str, str | None]:
@@ -267,8 +324,12 @@ def published(anchors: dict | None, group: Group) -> tuple[str, list[str]]:
     return "; ".join(out), left_out
 
 
-def _pm(s: Stats) -> str:
-    return f"{s.mean:.2f} ± {s.std:.2f}" if s.std is not None else f"{s.mean:.2f}"
+def _pm(s: Stats | None) -> str:
+    """mean ± std (min–max); empty where the group has no value of the statistic."""
+    if s is None:
+        return ""
+    body = f"{s.mean:.2f} ± {s.std:.2f}" if s.std is not None else f"{s.mean:.2f}"
+    return body + (f" ({s.min:.2f}–{s.max:.2f})" if s.n > 1 else "")
 
 
 def _span(values: list) -> str:
@@ -284,21 +345,27 @@ def _delta(row: dict, which: str) -> str:
 
 
 def reason(run: ReportRun, metric: str) -> str:
-    """Why a run is not in the statistics: its recorded reason, or a finished run's missing metric."""
-    return run.reason or (f"no `{metric}` logged" if run.status == "done" else "")
+    """Why a run is not in the statistics: its recorded reason, or a finished run's missing or
+    non-finite metric."""
+    if run.reason or run.status != "done":
+        return run.reason
+    return statistic.out_of_statistics(run.curves.get(metric), metric)
 
 
 def why_not(run: ReportRun, metric: str) -> str:
-    """A run's status and, when there is one, its reason."""
+    """A run's status and, when there is one, its reason (a finished run: the reason alone)."""
     why = reason(run, metric)
+    if run.status == "done" and why:
+        return why
     return f"{run.status}: {why}" if why else run.status
 
 
 def pair_up(g: Group, base: Group, runs: list[ReportRun], metric: str) -> tuple[list[tuple], list[tuple]]:
-    """((run, baseline run) at each seed both finished, (seed, why) for each other seed both have)."""
+    """((run, baseline run) at each seed both are usable, in seed order; (seed, why) for each other
+    seed both have)."""
     done = {id(r) for r in g.runs + base.runs}
 
-    def at(group: Group) -> dict[str, ReportRun]:  # a finished run wins over an unfinished one at its seed
+    def at(group: Group) -> dict[str, ReportRun]:  # a usable run wins over another at its seed
         return {str(r.seed): r for r in sorted((r for r in runs if r.key == group.key), key=lambda r: id(r) in done)}
 
     mine, theirs = at(g), at(base)
@@ -313,72 +380,130 @@ def pair_up(g: Group, base: Group, runs: list[ReportRun], metric: str) -> tuple[
     return pairs, dropped
 
 
+def paired_values(pairs: list[tuple], which: str, metric: str) -> tuple[list[float], list[tuple]]:
+    """(the per-seed differences of `which`, in seed order; (seed, why) for the pairs it cannot use:
+    `mean` over different epochs, `best` without a test score at the best validation epoch)."""
+    diffs, dropped = [], []
+    for a, b in pairs:
+        va, vb = run_value(a, which, metric), run_value(b, which, metric)
+        if which == "mean" and a.epochs(metric) != b.epochs(metric):
+            dropped.append((str(a.seed), "epochs differ (out of mean)"))
+        elif va is None or vb is None:
+            dropped.append((str(a.seed), f"no {statistic.HELD_OUT_BEST} (out of best)"))
+        else:
+            diffs.append(va - vb)
+    return diffs, dropped
+
+
 KINDS = {"t": "paired t", "stein": "Stein", "welch": "Welch"}
 
 
-def compare(g: Group, base: Group | None, runs: list[ReportRun], metric: str, plan: dict | None) -> dict:
-    """Δ best and Δ final against the baseline: over the per-seed differences when ≥ 2 seeds paired
-    (Stein's interval for an adaptive sweep's sized statistic), Welch's otherwise."""
-    row = {}
-    for which in ("best", "final"):
+def compare(
+    g: Group, base, runs: list[ReportRun], metric: str, plan: dict | None, k: dict | None = None, family=False
+) -> dict:
+    """Δ of each statistic against the baseline: over the per-seed differences when ≥ 2 seeds paired
+    (Stein's interval on the first N usable pairs for an adaptive sweep's sized statistic), Welch's
+    otherwise; Bonferroni over k[statistic] comparisons. `base`: a Group, None (no --baseline) or
+    why the group has none."""
+    k = k or {}
+    row = {"baseline": base.label if isinstance(base, Group) else (base or "")}
+    for which in STATISTICS:
         row |= {f"d_{which}": None, f"d_{which}_low": None, f"d_{which}_high": None}
-        row[f"verdict_{which}"] = "baseline" if base is g else ""
-    row |= dict.fromkeys(["pairing", "n_pairs", "stopped", "interval_best", "interval_final", "no_spread"], "")
+        row |= {f"verdict_{which}": "baseline" if base is g else "", f"interval_{which}": "", f"no_spread_{which}": ""}
+    row |= dict.fromkeys(["pairing", "n_pairs", "stopped", "family_k"], "")
     row |= {"_pairs": [], "_dropped": [], "_label": "", "_base": ""}
+    if isinstance(base, str):
+        return row | {"stopped": (plan or {}).get("stopped", ""), "_label": base}
     if base is None or base is g:
         return row
     pairs, dropped = pair_up(g, base, runs, metric)
-    if plan and group_key(plan["baseline_overrides"]) != base.key:
+    if plan and (not plan.get("baseline_overrides") or group_key(plan["baseline_overrides"]) != base.key):
         plan = None  # compared with another baseline than the sweep sized it against
-    stein = plan and plan["metric"] == metric and plan["s0"] is not None and len(pairs) >= 2
+    sized = plan["statistic"] if plan and plan["metric"] == metric and plan.get("s0") is not None else None
     row |= {"pairing": "paired" if len(pairs) >= 2 else "welch", "n_pairs": len(pairs)}
-    row |= {"stopped": plan["stopped"] if plan else "", "no_spread": str(bool(stein and plan["s0"] == 0)).lower()}
-    for which in ("best", "final"):
-        if len(pairs) < 2:
-            kind, (d, lo, hi) = "welch", welch_interval(g.values(which, metric), base.values(which, metric))
+    row |= {"stopped": plan["stopped"] if plan else ""}
+    flat, per_comparison = [], False
+    for which in STATISTICS:
+        mine, theirs = g.values(which, metric), base.values(which, metric)
+        if not mine or not theirs:
+            continue  # no value of this statistic (best of another metric than top-1 with a held-out split)
+        diffs, left = paired_values(pairs, which, metric)
+        dropped += left
+        kk = k.get(which, 1)
+        if len(diffs) < 2:
+            kind, (d, lo, hi) = "welch", welch_interval(mine, theirs, kk)
+        elif which == sized:
+            diffs = diffs[: plan["n"]]  # the first N usable pairs in seed order, as the sweep counted them
+            per_comparison |= family and not plan.get("family")
+            kk = plan.get("k", 1) if plan.get("family") else kk
+            kind, (d, lo, hi) = "stein", stein_interval(diffs, plan["s0"], plan["pairs"], kk)
+            lo, hi = (math.nan, math.nan) if plan.get("no_spread") else (lo, hi)
         else:
-            diffs = [
-                summarize(a.curves[metric], which, metric) - summarize(b.curves[metric], which, metric)
-                for a, b in pairs
-            ]
-            if stein and which == plan["statistic"]:
-                kind, (d, lo, hi) = "stein", stein_interval(diffs, plan["s0"], plan["pairs"])
-            else:
-                kind, (d, lo, hi) = "t", paired_interval(diffs)
+            kind, (d, lo, hi) = "t", paired_interval(diffs, kk)
+        spread = kind == "welch" or not (no_spread(diffs) or (kind == "stein" and plan.get("no_spread")))
+        flat += [] if spread else [f"{which} ({len(diffs)} equal differences)"]
         row |= {f"d_{which}": d, f"d_{which}_low": lo, f"d_{which}_high": hi, f"interval_{which}": kind}
+        row |= {f"no_spread_{which}": str(not spread).lower(), "family_k": kk if family else ""}
         row[f"verdict_{which}"] = verdict(lo, hi, higher_is_better="loss" not in metric)
-    kinds = [KINDS[row["interval_best"]], KINDS[row["interval_final"]]]
-    label = kinds[0] if kinds[0] == kinds[1] else f"{kinds[0]} on best, {kinds[1]} on final"
+    used: dict[str, list[str]] = {}
+    for which in STATISTICS:
+        if row[f"interval_{which}"]:
+            used.setdefault(KINDS[row[f"interval_{which}"]], []).append(which)
+    label = ", ".join(f"{kind} on {' and '.join(w)}" for kind, w in used.items()) if len(used) > 1 else "".join(used)
     label = "paired" if label == "paired t" else label
     label += "" if row["pairing"] == "welch" else f", {len(pairs)} seeds"
     label += f", stopped: {row['stopped']}" if row["stopped"] else ""
-    label += ", no spread in pilot" if row["no_spread"] == "true" else ""
+    label += f", family-wise (k = {row['family_k']})" if family else ""
+    label += ", sized per comparison" if per_comparison else ""
+    label += "".join(f", no spread on {f}" for f in flat)
     label += f", {len(dropped)} pair{'s' * (len(dropped) > 1)} dropped" if dropped else ""
     return row | {"_pairs": pairs, "_dropped": dropped, "_label": label, "_base": base.label}
 
 
+def family_sizes(groups: list[Group], runs: list[ReportRun], metric: str, baselines: dict, plans: dict) -> dict:
+    """k per (baseline, statistic): the rows with a Δ in that column against that baseline."""
+    sizes: dict[tuple, int] = {}
+    for g in groups:
+        base = baselines.get(id(g))
+        if isinstance(base, Group) and base is not g:
+            row = compare(g, base, runs, metric, plans.get(g.key))
+            for which in STATISTICS:
+                if row[f"d_{which}"] is not None:
+                    sizes[id(base), which] = sizes.get((id(base), which), 0) + 1
+    return sizes
+
+
 def table_rows(
-    groups: list[Group], runs: list[ReportRun], metric: str, baselines: dict, plans: dict, anchors: dict | None
+    groups: list[Group],
+    runs: list[ReportRun],
+    metric: str,
+    baselines: dict,
+    plans: dict,
+    anchors: dict | None,
+    family: bool = False,
 ) -> list[dict]:
     keys = varying_keys(groups)
+    sizes = family_sizes(groups, runs, metric, baselines, plans) if family else {}
     rows = []
     for g in groups:
-        best, final = Stats.of(g.values("best", metric)), Stats.of(g.values("final", metric))
+        stats = {which: Stats.of(v) if (v := g.values(which, metric)) else None for which in STATISTICS}
         epochs = [max(r.curves[metric]) for r in g.runs]
         timed = [r.metrics for r in g.runs if r.metrics.get("wall_time_s") and r.metrics.get("epochs")]
         per_epoch = [m["wall_time_s"] / m["epochs"] for m in timed]
         params = [r.metrics["params"] for r in g.runs if r.metrics.get("params")]
-        row = {"group": g.label, **{k: dict(g.key).get(k, "") for k in keys}, "n": best.n}
-        for which, s in (("best", best), ("final", final)):
-            row |= {f"{which}_mean": s.mean, f"{which}_std": s.std, f"{which}_min": s.min, f"{which}_max": s.max}
+        row = {"group": g.label, **{k: dict(g.key).get(k, "") for k in keys}, "n": len(g.runs)}
+        for which, s in stats.items():
+            row |= {f"{which}_{part}": getattr(s, part) if s else None for part in ("mean", "std", "min", "max")}
         row |= {
             "epochs": _span(epochs),
             "s_per_epoch": round(mean(per_epoch), 2) if per_epoch else None,
             "params": _span(params) if params else "",
         }
-        row |= compare(g, baselines.get(id(g)), runs, metric, plans.get(g.key))
+        base = baselines.get(id(g))
+        k = {which: sizes.get((id(base), which), 1) for which in STATISTICS}
+        row |= compare(g, base, runs, metric, plans.get(g.key), k, family)
         row["published"], row["_left_out"] = published(anchors, g)
-        row["_best"], row["_final"] = best, final
+        row["_stats"] = stats
         rows.append(row)
     return rows
 
@@ -388,20 +513,22 @@ def markdown_table(header: list[str], lines: list[list[str]], right: set[int] = 
     return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, rule, *lines])
 
 
-def comparison_notes(rows: list[dict], spec: dict) -> list[str]:
+def comparison_notes(rows: list[dict], spec: dict, family: bool) -> list[str]:
     compared = [r for r in rows if r["pairing"]]
-    used = {r[f"interval_{which}"] for r in compared for which in ("best", "final")}
+    used = {r[f"interval_{which}"] for r in compared for which in STATISTICS}
+    level = "family-wise " if family else ""
     notes = [
-        f"Δ = group − baseline ({', '.join(f'{k}={v}' for k, v in spec.items())}) with a {CONFIDENCE * 100:.0f} % "
-        "confidence interval, of the kind the `interval` column names: better / worse when it excludes 0, "
-        "can't tell otherwise (or without an interval)."
+        f"Δ = group − its own baseline (the `baseline` column: {', '.join(f'{k}={v}' for k, v in spec.items())} and "
+        f"the group's other choices) with a {CONFIDENCE * 100:.0f} % {level}confidence interval, of the kind the "
+        "`interval` column names: better / worse when it excludes 0, can't tell otherwise (or without an interval). "
+        "A group whose own baseline is missing says why (no baseline: ...) and gets no Δ."
     ]
     if used & {"t", "stein"}:
         notes.append(
             "paired: a run and its baseline's run at the same seed share initial weights (when the variant adds "
             "no parameters), batches, augmentation and dropout draws; Δ is the mean of the per-seed differences "
-            "over the seeds both finished, with a t-interval on n − 1 degrees of freedom (n seeds). diff.png: "
-            "the same per epoch (ordinary paired t)."
+            "over the seeds both finished, with a t-interval on n − 1 degrees of freedom (n seeds). Differences "
+            "whose range is below 1e-4 points have no spread: no interval, can't tell."
         )
     if "welch" in used:
         notes.append(
@@ -410,58 +537,74 @@ def comparison_notes(rows: list[dict], spec: dict) -> list[str]:
         )
     if "stein" in used:
         notes.append(
-            "Stein (sweep.seeds=auto), on the statistic the sweep sized: the mean of the N paired differences "
-            "± t(pilot pairs − 1) · s₀ / √N, s₀ from the pilot (sweep.json); it covers 95 % averaged over the "
-            "pilot's outcomes (N depends on s₀), not for one variant taken alone given its N; the other "
-            "statistic is an ordinary paired t. No spread in pilot: the pilot's differences were all equal, "
-            "the interval is [d, d]."
+            "Stein (sweep.seeds=auto), on the statistic the sweep sized: the mean of the first N usable paired "
+            "differences in seed order ± t(usable pilot pairs − 1) · s₀ / √N, s₀ from the pilot (sweep.json); it "
+            "covers 95 % averaged over the pilot's outcomes (N depends on s₀), not for one variant taken alone "
+            "given its N; the other statistics are ordinary paired t. Replaced seeds assume a run's failure is "
+            "unrelated to its outcome."
         )
-    if len(compared) > 1:
+    if family:
         notes.append(
-            f"{len(compared)} comparisons, {len(compared)} intervals: each covers {CONFIDENCE * 100:.0f} % on its own, "
-            "not simultaneously (that every one covers is less likely)."
+            "family-wise: Bonferroni over the k comparisons with a Δ in that column against the same baseline "
+            "(t at 1 − 0.05/(2k)): all k intervals cover together in ≥ 95 % of sweeps. Sized per comparison: the "
+            "sweep chose N without it, so the interval is wider than sweep.precision."
+        )
+    elif len(compared) > 1:
+        notes.append(
+            f"{len(compared)} comparisons: each interval covers {CONFIDENCE * 100:.0f} % on its own, "
+            "not simultaneously (that every one covers is less likely; --family makes them family-wise)."
         )
     return notes
 
 
 def render(
-    rows: list[dict], metric: str, spec: dict, anchors: dict | None, unfinished: list[ReportRun], plots: list[str]
+    rows: list[dict],
+    metric: str,
+    spec: dict,
+    anchors: dict | None,
+    unfinished: list[ReportRun],
+    plots: list[str],
+    held: bool = False,
+    family: bool = False,
 ) -> str:
     name = "top-1" if metric.endswith("acc1") else metric
-    header = ["choices", "n", f"best {name}", "(min–max)", f"final {name}", "(min–max)", "epochs", "s/epoch", "params"]
+    header = ["choices", "n"]
+    header += [f"{which} {name} [{statistic.split(metric, which, held)}]" for which in STATISTICS]
+    header += ["epochs", "s/epoch", "params"]
+    level = "95 % family-wise CI" if family else "95 % CI"
     if spec:
-        header += ["Δ best (95 % CI)", "verdict", "Δ final (95 % CI)", "verdict", "interval"]
+        for which in STATISTICS:
+            header += [f"Δ {which} ({level})", "verdict"]
+        header += ["baseline", "interval"]
     if anchors:
         header += ["published best / final"]
     lines = []
     for r in rows:
-        cells = [r["group"], str(r["n"])]
-        for s in (r["_best"], r["_final"]):
-            cells += [_pm(s), f"{s.min:.2f}–{s.max:.2f}"]
+        cells = [r["group"], str(r["n"]), *(_pm(r["_stats"][which]) for which in STATISTICS)]
         cells += [r["epochs"], "" if r["s_per_epoch"] is None else f"{r['s_per_epoch']:.1f}", r["params"]]
         if spec:
-            for which in ("best", "final"):
+            for which in STATISTICS:
                 cells += [_delta(r, which), r[f"verdict_{which}"]]
-            cells.append(r["_label"])
+            cells += [r["baseline"] if r["_label"] != r["baseline"] else "", r["_label"]]
         if anchors:
             cells.append(r["published"])
         lines.append(cells)
     out = [f"# attnexp report: {metric}", ""]
-    notes = [
-        "mean ± sample std over seeds (n = finished runs), best = best epoch, final = last epoch, "
-        f"from TensorBoard `{metric}`."
-    ]
+    words = "; ".join(statistic.describe(which, metric, held) for which in STATISTICS)
+    notes = [f"mean ± sample std (min–max) over seeds, n = usable runs (finished, `{metric}` finite); {words}."]
+    if held and metric != statistic.TOP1:
+        notes.append(
+            f"best: none for `{metric}` (with data.val_split > 0 it is {statistic.HELD_OUT_BEST}, top-1 only)."
+        )
     if spec:
-        notes += comparison_notes(rows, spec)
+        notes += comparison_notes(rows, spec, family)
     if anchors:
         notes.append(f"published: {anchors.get('setting', 'reported numbers')} (from the anchors file).")
         left_out = [why for r in rows for why in r["_left_out"]]
         if left_out:
             notes.append("published numbers left out (another setting): " + "; ".join(left_out) + ".")
     out += [f"- {n}" for n in notes] + [""]
-    out.append(
-        markdown_table(header, lines, right={1, 2, 4, 7, 8}) if lines else f"(no finished run logged `{metric}`)"
-    )
+    out.append(markdown_table(header, lines, right={1, 2, 3, 4, 6, 7}) if lines else f"(no usable run of `{metric}`)")
     if unfinished:
         out += ["", f"## Not in the statistics ({len(unfinished)} jobs)", ""]
         listed = []
@@ -470,7 +613,7 @@ def render(
         out.append(markdown_table(["job", "status", "epochs", "reason"], listed))
     dropped = [[r["group"], r["_base"], seed, why] for r in rows for seed, why in r["_dropped"]]
     if dropped:
-        out += ["", f"## Pairs dropped ({len(dropped)}): a run that did not finish takes its seed's pair out", ""]
+        out += ["", f"## Pairs dropped ({len(dropped)}): a run out of the statistics takes its seed's pair out", ""]
         out.append(markdown_table(["choices", "baseline", "seed", "why"], dropped))
     for p in plots:
         out += ["", f"![{Path(p).stem}]({Path(p).name})"]
@@ -527,30 +670,49 @@ def plot_curves(groups: list[Group], metric: str, path: Path) -> None:
 
 
 def epoch_differences(pairs: list[tuple[ReportRun, ReportRun]], metric: str):
-    """(epochs, (mean, low, high)): per epoch, the paired t-interval of the differences at the pairs
-    that logged it."""
+    """(epochs, (mean, low, high), simultaneous): per epoch, the paired t-interval of the differences
+    at the pairs that logged it; `simultaneous` = (epochs every pair logged, low, high) of the 95 %
+    band over those epochs at once (sign-flip max-t), None with fewer than 6 pairs."""
     import numpy as np
 
     curves = [(a.curves[metric], b.curves[metric]) for a, b in pairs]
     epochs = sorted({e for a, b in curves for e in a.keys() & b.keys()})
     bands = [paired_interval([a[e] - b[e] for a, b in curves if e in a and e in b]) for e in epochs]
-    return epochs, np.array(bands, dtype=float).reshape(-1, 3).T
+    common = [e for e in epochs if all(e in a and e in b for a, b in curves)]
+    grid = np.array([[a[e] - b[e] for e in common] for a, b in curves], dtype=float)
+    c = simultaneous_band(grid) if common else None
+    simultaneous = None
+    if c is not None:
+        centre, half = grid.mean(axis=0), c * grid.std(axis=0, ddof=1) / math.sqrt(len(grid))
+        simultaneous = (common, centre - half, centre + half)
+    return epochs, np.array(bands, dtype=float).reshape(-1, 3).T, simultaneous
 
 
 def plot_diff(rows: list[dict], metric: str, path: Path) -> bool:
-    """Per epoch, each paired variant's mean difference from its baseline with a 95 % paired-t band."""
+    """Per epoch, each paired variant's mean difference from its baseline with its 95 % pointwise
+    paired-t band and, with ≥ 6 pairs, the 95 % simultaneous band over the epochs shown (dashed)."""
     paired = [r for r in rows if r["pairing"] == "paired"]
     if not paired:
         return False
     with _figure(path, (6.5, 4.5)) as ax:
         for i, r in enumerate(paired):
-            epochs, (d, lo, hi) = epoch_differences(r["_pairs"], metric)
+            color = f"C{i % 10}"
+            epochs, (d, lo, hi), simultaneous = epoch_differences(r["_pairs"], metric)
             label = f"{r['group']} − {r['_base']} ({r['n_pairs']} seeds)"
-            ax.plot(epochs, d, color=f"C{i % 10}", marker="o" if len(epochs) < 4 else None, label=label)
-            ax.fill_between(epochs, lo, hi, color=f"C{i % 10}", alpha=0.2, linewidth=0)
+            label += "" if simultaneous else "; no simultaneous band: n < 6"
+            ax.plot(epochs, d, color=color, marker="o" if len(epochs) < 4 else None, label=label)
+            ax.fill_between(epochs, lo, hi, color=color, alpha=0.2, linewidth=0)
+            if simultaneous:
+                at, low, high = simultaneous
+                ax.plot(at, low, color=color, linestyle="--", linewidth=1)
+                ax.plot(at, high, color=color, linestyle="--", linewidth=1)
         ax.axhline(0, color="k", linewidth=1)
-        title = f"{metric}: mean paired difference from the baseline\nband = 95 % paired t per epoch"
+        title = (
+            f"{metric}: mean paired difference from the baseline\nshaded: 95 % paired t per epoch; "
+            "dashed: 95 % over all epochs at once (sign-flip max-t)"
+        )
         ax.set(xlabel="epoch", ylabel=f"Δ {metric}", title=title)
+        ax.title.set_fontsize("small")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     return True
@@ -572,11 +734,12 @@ def plot_trend(groups: list[Group], metric: str, x: str, baselines: dict, path: 
             series.setdefault(", ".join(f"{k}={dict(g.key).get(k, '')}" for k in others) or x, []).append(g)
     if not series:
         return False
-    refs = {id(b): b for b in baselines.values() if b is not None}.values()
+    refs = {id(b): b for b in baselines.values() if isinstance(b, Group)}.values()
     with _figure(path, (12, 4.5), columns=2) as axes:
         for ax, which in zip(axes, ("best", "final")):
             for i, (label, members) in enumerate(series.items()):
                 members = sorted(members, key=number)
+                members = [g for g in members if g.values(which, metric)]
                 stats = [Stats.of(g.values(which, metric)) for g in members]
                 ax.errorbar(
                     [number(g) for g in members],
@@ -587,7 +750,7 @@ def plot_trend(groups: list[Group], metric: str, x: str, baselines: dict, path: 
                     color=f"C{i % 10}",
                     label=label,
                 )
-            for j, b in enumerate(refs):
+            for j, b in enumerate(r for r in refs if r.values(which, metric)):
                 s = Stats.of(b.values(which, metric))
                 label = f"baseline {b.label} (n={s.n})" if j == 0 else None
                 ax.axhline(s.mean, color="k", linestyle="--", linewidth=1, label=label)
@@ -614,7 +777,7 @@ def plot_alpha(groups: list[Group], metric: str, path: Path) -> bool:
                 at = dict(zip(epochs, alpha))
                 points = [(at[e], v) for e, v in zip(scored, value) if e in at]
                 ax.plot(*zip(*points), marker="o", color=color, label=f"{g.label} (n={len(g.runs)})")
-            else:
+            elif g.values("best", metric):
                 best = Stats.of(g.values("best", metric))
                 ax.axhline(best.mean, color=color, linestyle="--", linewidth=1, label=f"{g.label}: best (n={best.n})")
         ax.set(xlabel="α at the epoch's end", ylabel=metric, title=f"{metric} against α (mean over seeds)")
@@ -627,7 +790,7 @@ def seed003_table(runs: list[ReportRun], metric: str) -> tuple[list[str], list[l
     """Model Type | Dataset | Max Accuracy | Average Inference Time (ms) | Parameters, in the seed's order."""
     cells: dict[tuple[str, str], list[ReportRun]] = {}
     for r in runs:
-        if r.status == "done" and metric in r.curves:
+        if usable(r, metric):
             cells.setdefault((r.choices.get("model", "?"), r.choices.get("data", "?")), []).append(r)
 
     def model_type(choice: str) -> str:
@@ -688,6 +851,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="compare runs of different recipes or precisions anyway (refused by default)",
     )
+    p.add_argument(
+        "--family",
+        action="store_true",
+        help="family-wise intervals: Bonferroni over the rows compared with each baseline (default: an adaptive "
+        "sweep's sweep.family)",
+    )
     p.add_argument("--x", metavar="KEY", help="a numeric choice (e.g. alpha.value): draw trend.png against it")
     p.add_argument(
         "--table", choices=["seed003"], help="print a fixed-format table instead (seed003: Model Type | Dataset | ...)"
@@ -722,20 +891,25 @@ def report(args: argparse.Namespace) -> int:
         return 0
 
     check_recipes(runs, args.mix_recipes)
+    check_splits(runs)
     adaptive = adaptive_records(args.dirs)
     spec = spec or next((dict(a["baseline"]) for a in adaptive if a.get("baseline")), {})
+    family = args.family or any(a.get("family") for a in adaptive)
     plans = {
-        group_key(c["overrides"]): c | {k: a[k] for k in ("metric", "statistic")}
+        group_key(c["overrides"]): c | {k: a.get(k) for k in ("metric", "statistic", "family")}
         for a in adaptive
         for c in a.get("comparisons") or []
     }
     groups = make_groups(runs, args.metric)
-    baselines = baselines_for(groups, spec)
-    if spec and groups and not any(b is not None for b in baselines.values()):
+    baselines = baselines_for(groups, spec, runs, args.metric)
+    if spec and not any(
+        all(r.value(k) is not None and same_value(r.value(k), v) for k, v in spec.items()) for r in runs
+    ):
         wanted, labels = " ".join(f"{k}={v}" for k, v in spec.items()), "; ".join(g.label for g in groups)
         raise ReportError(f"--baseline {wanted}: no group matches (groups: {labels})")
     groups.sort(key=lambda g: baselines.get(id(g)) is not g)  # baseline rows first, then by choices
-    rows = table_rows(groups, runs, args.metric, baselines, plans, anchors)
+    rows = table_rows(groups, runs, args.metric, baselines, plans, anchors, family)
+    held = any(r.held_out for r in runs if r.status == "done")
     grouped = {id(r) for g in groups for r in g.runs}
     unfinished = [r for r in runs if id(r) not in grouped]
     plots = []
@@ -750,7 +924,7 @@ def report(args: argparse.Namespace) -> int:
             plots.append(str(out / "trend.png"))
         elif args.x:
             print(f"attnexp-report: --x {args.x}: no group has a numeric value for it; no trend.png", file=sys.stderr)
-    text = render(rows, args.metric, spec, anchors, unfinished, plots)
+    text = render(rows, args.metric, spec, anchors, unfinished, plots, held, family)
     (out / "report.md").write_text(text)
     write_csv(rows, out / "report.csv")
     print(text, end="")
