@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from attnexp.config.compose import hydra_config, is_bookkeeping, split_hydra, split_override
 from attnexp.errors import ConfigError
 from attnexp.sweep.compare import pick_baselines, stein_seeds, summarize
-from attnexp.sweep.manifest import job_state, write_adaptive
+from attnexp.sweep.manifest import DONE_STATES, job_state, write_adaptive
 from attnexp.train.rundir import read_curves
 
 SETTINGS = ("pilot", "max_seeds", "precision", "metric", "statistic")
@@ -86,7 +86,7 @@ def baselines(jobs: list, spec: dict) -> dict[tuple, tuple]:
 def value(run_dir: Path, sw: DictConfig) -> tuple[float | None, str]:
     """(the run's sized statistic, why there is none)."""
     state, reason = job_state(run_dir)
-    if state not in ("done", "skipped"):
+    if state not in DONE_STATES:
         return None, f"{state}: {reason}" if reason else state
     curve = read_curves(run_dir / "tb", (sw.metric,)).get(sw.metric)
     return (summarize(curve, sw.statistic, sw.metric), "") if curve else (None, f"no {sw.metric} logged")

@@ -151,6 +151,14 @@ def _resume_or_run(cfg: DictConfig, run_dir: str, multirun: bool) -> dict | None
             if last.is_file():
                 cfg.ckpt_path = str(last)
                 print(f"[resume] {run_dir} from {last}")
+        if cfg.sweep.reuse is True and cfg.mode == "train" and not cfg.sweep.members and not cfg.ckpt_path:
+            from hydra.core.hydra_config import HydraConfig
+
+            from attnexp.sweep.reuse import reuse_or_none
+
+            reused = reuse_or_none(cfg, run_dir, HydraConfig.get().sweep.dir)
+            if reused is not None:
+                return reused
     from attnexp.train.lifecycle import RunFailed
     from attnexp.train.modes import run_mode
 

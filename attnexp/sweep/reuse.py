@@ -1,0 +1,140 @@
+"""Never train the same run twice: a sweep's job whose identical run already finished reuses it.
+
+Decided inside the job (attnexp.sweep.launch), where its device, precision and threads are known:
+the job's key (attnexp/train/identity.py) is looked up among the metrics.json files at run-folder
+depth under ./outputs, ./multirun and `paths.reuse_roots`. A candidate is a run that trained and
+finished (`done`, no `reused_from`: records of reuse are never reused, so there are no chains);
+among several the earliest `finished_at` wins. The reused job's folder keeps this sweep's .hydra/,
+gets a copy of the run's tb/ events and a metrics.json with its own `run_dir` and `reused_from`,
+and no checkpoints: `attnexp.load_run` and `ckpt_path=` follow `reused_from` (`source`).
+No locking: two sweeps started together may both train a job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from attnexp.errors import StartupError
+from attnexp.train.rundir import atomic_write_text, read_metrics
+
+SEARCHED = ("outputs", "multirun")  # below the current folder
+RUN_DEPTH = 4  # multirun/<date>/<time>_<sweep>/<job>/seed_<n>: a run folder lies at most this deep below a root
+NOT_RUNS = ("tb", "checkpoints", ".hydra")  # a run's own sub-folders, never searched
+
+
+def roots(cfg: DictConfig) -> list[Path]:
+    extra = OmegaConf.select(cfg, "paths.reuse_roots", default=None) or []
+    return [Path(r) for r in SEARCHED] + [Path(os.path.expanduser(str(r))) for r in extra]
+
+
+def run_folders(root: Path, depth: int = RUN_DEPTH):
+    """The folders holding a metrics.json below `root`, at most `depth` deep, not entered further."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    if any(e.name == "metrics.json" for e in entries):
+        yield root
+        return
+    if depth == 0:
+        return
+    for e in entries:
+        if e.name not in NOT_RUNS and e.is_dir(follow_symlinks=False):
+            yield from run_folders(Path(e.path), depth - 1)
+
+
+def candidates(key: str, search: list[Path]) -> list[tuple[Path, dict]]:
+    """Runs that trained and finished with this key, earliest `finished_at` first."""
+    found, seen = [], set()
+    for root in search:
+        for folder in run_folders(root):
+            real = folder.resolve()
+            if real in seen:
+                continue
+            seen.add(real)
+            try:
+                text = (folder / "metrics.json").read_text()
+            except OSError:
+                continue
+            if key not in text:  # most runs: no need to parse
+                continue
+            try:
+                metrics = json.loads(text)
+            except ValueError:
+                continue
+            if (
+                (metrics.get("identity") or {}).get("key") == key
+                and metrics.get("status") == "done"
+                and not metrics.get("reused_from")
+                and metrics.get("finished_at")
+            ):
+                found.append((real, metrics))
+    return sorted(found, key=lambda c: c[1]["finished_at"])
+
+
+def within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def lookup(cfg: DictConfig, key: str, sweep_dir: str) -> tuple[Path | None, list[Path]]:
+    """(the run to reuse or None, this sweep's own runs with the key: jobs that differ only in
+    bookkeeping keys train each, not one the other's record)."""
+    here = Path(sweep_dir).resolve()
+    found = candidates(key, roots(cfg))
+    if OmegaConf.select(cfg, "timing.inference", default=False):  # only a run that timed itself on this device
+        found = [(p, m) for p, m in found if m.get("inference_ms_per_batch") is not None]
+    own = [p for p, _ in found if within(p, here)]
+    others = [p for p, _ in found if not within(p, here)]
+    return (others[0] if others else None), own
+
+
+def record_reuse(run_dir: str, source: Path) -> dict:
+    """The job's folder as a record of `source`: its tb/ events copied, metrics.json naming it."""
+    tb = source / "tb"
+    if tb.is_dir():
+        shutil.copytree(tb, Path(run_dir) / "tb", dirs_exist_ok=True)
+    metrics = read_metrics(source) | {
+        "run_dir": str(run_dir),
+        "reused_from": str(source),
+        "reused_at": datetime.now(timezone.utc).isoformat(),
+    }
+    atomic_write_text(Path(run_dir) / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
+    return metrics
+
+
+def reuse_or_none(cfg: DictConfig, run_dir: str, sweep_dir: str) -> dict | None:
+    """In a sweep's job with `sweep.reuse=true`: the metrics of the run this job reuses, or None to train."""
+    if (Path(run_dir) / "metrics.json").exists():  # a job begun before: it resumes or retrains its own
+        return None
+    from attnexp.build.objects import seed_and_threads
+    from attnexp.train.identity import identity
+
+    seed_and_threads(cfg)  # the threads it would train with are part of the key
+    key = identity(cfg)["key"]
+    source, own = lookup(cfg, key, sweep_dir)
+    if source is None:
+        if own:
+            print(f"[train] {run_dir}: the same key as {own[0]} of this sweep (they differ only in "
+                  f"bookkeeping keys): trained again")  # fmt: skip
+        return None
+    metrics = record_reuse(run_dir, source)
+    print(
+        f"[reuse] {run_dir}: the same run finished in {source} ({metrics.get('wall_time_s', 0):.0f} s of training saved)"
+    )
+    return metrics
+
+
+def source(run_dir: str | os.PathLike) -> Path:
+    """The folder that holds a run's checkpoints: its own, or the run it reused (StartupError when gone)."""
+    reused = read_metrics(run_dir).get("reused_from")
+    if not reused:
+        return Path(run_dir)
+    if not (Path(reused) / "metrics.json").is_file():
+        raise StartupError(f"reused run missing: {reused}")
+    return Path(reused)

@@ -1,0 +1,115 @@
+"""A sweep reuses the finished runs it would repeat (attnexp/sweep/reuse.py), through the real CLI.
+
+One module-scoped series in one folder, as a researcher works: sweep A (seqpool=x,softmax × 2
+seeds), the same sweep again (B), then seqpool=x,softmax_plus_x (C)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, attnexp_main
+
+from attnexp.api import load_run
+from attnexp.errors import StartupError
+from attnexp.sweep import manifest
+from attnexp.sweep.plan import quoted
+from attnexp.tools import report
+from attnexp.train.rundir import read_metrics
+
+SEEDS = "seed=0,1"
+
+
+def sweep(cwd: Path, name: str, *args: str):
+    result = attnexp_main("-m", *TINY, *args, SEEDS, f"hydra.sweep.dir=multirun/{name}", cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return cwd / "multirun" / name, result
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("reuse")
+    a = sweep(cwd, "a", "seqpool=x,softmax")
+    b = sweep(cwd, "b", "seqpool=x,softmax")
+    c = sweep(cwd, "c", "seqpool=x,softmax_plus_x")
+    return cwd, a, b, c
+
+
+def jobs(sweep_dir: Path) -> dict[str, dict]:
+    return {j.dir: read_metrics(sweep_dir / j.dir) for j in manifest.read_manifest(sweep_dir)}
+
+
+def named(job: str) -> str:
+    """A job folder by its seqpool choice and seed (the folder names hold every TINY override too)."""
+    choice = next(part for part in job.split("/")[0].split(",") if part.startswith("seqpool="))
+    return f"{choice}/{job.split('/')[-1]}"
+
+
+def table(sweep_dir: Path, out: Path) -> list[dict]:
+    assert report.main([str(sweep_dir), "--baseline", "seqpool=x", "--out", str(out)]) == 0
+    with open(out / "report.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_same_sweep_twice_trains_nothing_the_second_time(series, tmp_path):
+    cwd, (a, first), (b, second), _ = series
+    trained = jobs(a)
+    assert len(trained) == 4 and all(m["status"] == "done" and "reused_from" not in m for m in trained.values())
+    assert all(m["identity"]["key"] and m["finished_at"] for m in trained.values())
+    assert "[reuse]" not in first.stdout
+
+    records = jobs(b)
+    assert sorted(records) == sorted(trained)  # the same jobs, in folders of the same names
+    for job, m in records.items():
+        assert m["reused_from"] == str((a / job).resolve()) and m["run_dir"] == str(b / job)
+        assert m["identity"] == trained[job]["identity"] and m["history"] == trained[job]["history"]
+        assert not (b / job / "checkpoints").exists() and (b / job / ".hydra" / "config.yaml").is_file()
+        events = sorted(p.name for p in (b / job / "tb").iterdir())
+        assert events == sorted(p.name for p in (a / job / "tb").iterdir()) and events
+    saved = sum(m["wall_time_s"] for m in trained.values())
+    assert ": 0 done, 4 reused, 0 skipped, 0 failed, 0 incomplete (of 4 jobs)" in second.stdout
+    assert f"training time saved by reuse: {saved:.1f} s" in second.stdout
+    assert second.stdout.count("[reuse]") == 4 and "[Epoch" not in second.stdout
+
+    assert table(b, tmp_path / "b") == table(a, tmp_path / "a")
+
+
+def test_a_new_variant_trains_only_itself_and_pairs_with_the_reused_baseline(series, tmp_path):
+    cwd, (a, _), _, (c, third) = series
+    runs = jobs(c)
+    reused = {job: m["reused_from"] for job, m in runs.items() if m.get("reused_from")}
+    assert sorted(named(job) for job in reused) == ["seqpool=x/seed_0", "seqpool=x/seed_1"]
+    assert all(source == str((a / job).resolve()) for job, source in reused.items())  # A's, the earliest
+    fresh = [job for job in runs if job not in reused]
+    assert sorted(named(job) for job in fresh) == ["seqpool=softmax_plus_x/seed_0", "seqpool=softmax_plus_x/seed_1"]
+    assert all((c / job / "checkpoints" / "last.ckpt").is_file() for job in fresh)
+    assert third.stdout.count("[Epoch") == 2 and "2 done, 2 reused" in third.stdout
+    rows = {r["group"]: r for r in table(c, tmp_path / "c")}
+    assert rows["seqpool=softmax_plus_x"]["n_pairs"] == "2"
+
+
+def test_load_run_and_ckpt_path_follow_the_reused_run(series, tmp_path):
+    cwd, (a, _), (b, _), _ = series
+    job = next(j for j in jobs(b) if named(j) == "seqpool=x/seed_1")
+    record, original = load_run(b / job), load_run(a / job)
+    assert record.run_dir == b / job and record.metrics["reused_from"]
+    state, expected = record.model.state_dict(), original.model.state_dict()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+    scored = attnexp_main(
+        *TINY, "mode=eval", f"ckpt_path={quoted(str(b / job / 'checkpoints' / 'best.ckpt'))}", cwd=cwd
+    )
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    assert f"test top-1: {original.metrics['test_acc1_at_best_val']:.2f}" in scored.stdout
+
+    gone = tmp_path / "gone"  # a record whose run was deleted
+    shutil.copytree(b / job, gone)
+    missing = tmp_path / "deleted_run"
+    (gone / "metrics.json").write_text(json.dumps(read_metrics(gone) | {"reused_from": str(missing)}))
+    with pytest.raises(StartupError, match=f"^reused run missing: {missing}$"):
+        load_run(gone)
+    refused = attnexp_main("mode=eval", f"ckpt_path={gone / 'checkpoints' / 'best.ckpt'}", cwd=cwd)
+    assert refused.returncode == 2 and refused.stderr.strip() == f"attnexp: error: reused run missing: {missing}"
