@@ -8,17 +8,19 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, attnexp_main
+from conftest import TINY, attnexp_main, compose
 
 from attnexp.api import load_run
 from attnexp.errors import StartupError
 from attnexp.sweep import manifest
 from attnexp.sweep.plan import quoted
 from attnexp.tools import report
+from attnexp.train.identity import code_part
 from attnexp.train.rundir import read_metrics
 
 SEEDS = "seed=0,1"
@@ -113,3 +115,50 @@ def test_load_run_and_ckpt_path_follow_the_reused_run(series, tmp_path):
         load_run(gone)
     refused = attnexp_main("mode=eval", f"ckpt_path={gone / 'checkpoints' / 'best.ckpt'}", cwd=cwd)
     assert refused.returncode == 2 and refused.stderr.strip() == f"attnexp: error: reused run missing: {missing}"
+
+
+@pytest.mark.numeric  # two trainings on this machine agree bit for bit
+def test_verify_passes_on_an_unchanged_tree_and_catches_what_the_key_missed(tmp_path, monkeypatch):
+    """pkg_a's callback (a `_target_`, so its module is in the key) reads pkg_b's factor through
+    importlib, which `ast` cannot see: editing pkg_b leaves the key as it was, and verify finds it."""
+    code = tmp_path / "code"
+    for pkg in ("pkg_a", "pkg_b"):
+        (code / pkg).mkdir(parents=True)
+        (code / pkg / "__init__.py").write_text("")
+    (code / "pkg_a" / "scale.py").write_text(
+        "import importlib\n\nimport pytorch_lightning as pl\nimport torch\n\n\n"
+        "class Scale(pl.Callback):\n"
+        "    def on_train_start(self, trainer, module):\n"
+        "        factor = importlib.import_module('pkg_b.factor').FACTOR\n"
+        "        with torch.no_grad():\n"
+        "            for p in module.parameters():\n"
+        "                p.mul_(factor)\n"
+    )
+    factor = code / "pkg_b" / "factor.py"
+    factor.write_text("FACTOR = 1.0\n")
+    monkeypatch.syspath_prepend(str(code))
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    args = ("-m", *TINY, "+callbacks.scale._target_=pkg_a.scale.Scale", "seed=0")
+
+    def run(name: str, *extra: str):
+        return attnexp_main(*args, *extra, f"hydra.sweep.dir=multirun/{name}", cwd=cwd)
+
+    first = run("first")
+    assert first.returncode == 0, first.stderr[-3000:]
+    (job,) = jobs(cwd / "multirun" / "first")
+    modules = code_part(compose(*TINY, "+callbacks.scale._target_=pkg_a.scale.Scale"))
+    assert "pkg_a.scale" in modules and "pkg_b.factor" not in modules
+
+    same = run("same", "sweep.reuse=verify")
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert "[verify]" in same.stdout and "identical to" in same.stdout and "[Epoch" in same.stdout
+    assert read_metrics(cwd / "multirun" / "same" / job)["status"] == "done"
+
+    factor.write_text("FACTOR = 0.5\n")
+    monkeypatch.delitem(sys.modules, "pkg_b.factor")  # the job imports the edited module, as a new process would
+    edited = run("edited", "sweep.reuse=verify")
+    assert edited.returncode == 1
+    record = read_metrics(cwd / "multirun" / "edited" / job)
+    assert record["status"] == "failed" and record["reason"].startswith("sweep.reuse=verify: differs from ")
+    assert "history" in record["reason"] and "tensors of last.ckpt" in record["reason"]

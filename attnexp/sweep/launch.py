@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from attnexp.config.compose import compose, config_loader, hydra_config, set_hydra_key
 from attnexp.errors import ConfigError, JobExit
-from attnexp.sweep import adaptive, manifest
+from attnexp.sweep import adaptive, manifest, reuse
 from attnexp.sweep.plan import (
     check_job,
     checkpoint_overrides,
@@ -151,23 +151,21 @@ def _resume_or_run(cfg: DictConfig, run_dir: str, multirun: bool) -> dict | None
             if last.is_file():
                 cfg.ckpt_path = str(last)
                 print(f"[resume] {run_dir} from {last}")
-        if cfg.sweep.reuse is True and cfg.mode == "train" and not cfg.sweep.members and not cfg.ckpt_path:
-            from hydra.core.hydra_config import HydraConfig
-
-            from attnexp.sweep.reuse import reuse_or_none
-
-            reused = reuse_or_none(cfg, run_dir, HydraConfig.get().sweep.dir)
-            if reused is not None:
-                return reused
     from attnexp.train.lifecycle import RunFailed
     from attnexp.train.modes import run_mode
 
     try:
+        reused, compare_with = reuse.in_job(cfg, run_dir) if multirun else (None, None)
+        if reused is not None:
+            return reused
         if cfg.sweep.members:
             from attnexp.pack.run import train_pack
 
             return train_pack(cfg)
-        return run_mode(cfg)
+        metrics = run_mode(cfg)
+        if compare_with is not None:
+            reuse.verify(run_dir, compare_with)
+        return metrics
     except RunFailed as e:
         if multirun and e.status == "interrupted":
             # Ctrl-C / SIGTERM stops the whole sweep, not just this job; sweep.resume picks it up

@@ -26,6 +26,7 @@ from attnexp.train.rundir import atomic_write_text, read_metrics
 SEARCHED = ("outputs", "multirun")  # below the current folder
 RUN_DEPTH = 4  # multirun/<date>/<time>_<sweep>/<job>/seed_<n>: a run folder lies at most this deep below a root
 NOT_RUNS = ("tb", "checkpoints", ".hydra")  # a run's own sub-folders, never searched
+NOT_COMPARED = ("callbacks",)  # parts of last.ckpt that name the run's folder or time it, not its result
 
 
 def roots(cfg: DictConfig) -> list[Path]:
@@ -108,26 +109,83 @@ def record_reuse(run_dir: str, source: Path) -> dict:
     return metrics
 
 
-def reuse_or_none(cfg: DictConfig, run_dir: str, sweep_dir: str) -> dict | None:
-    """In a sweep's job with `sweep.reuse=true`: the metrics of the run this job reuses, or None to train."""
-    if (Path(run_dir) / "metrics.json").exists():  # a job begun before: it resumes or retrains its own
-        return None
-    from attnexp.build.objects import seed_and_threads
+def in_job(cfg: DictConfig, run_dir: str) -> tuple[dict | None, Path | None]:
+    """In a sweep's job: (the metrics of the run it reused, or None to train; with sweep.reuse=verify,
+    the run to compare the training with). A job begun before (resumed, or retrained after a failure)
+    trains its own; so does a pack (`sweep.members`: it trains every member)."""
+    mode = cfg.sweep.reuse
+    if mode is False or cfg.mode != "train" or cfg.sweep.members or cfg.ckpt_path:
+        return None, None
+    if (Path(run_dir) / "metrics.json").exists():
+        return None, None
+    from hydra.core.hydra_config import HydraConfig
+
+    from attnexp.build.objects import on_gpu, seed_and_threads
     from attnexp.train.identity import identity
 
+    if mode == "verify" and on_gpu(cfg) and not cfg.trainer.deterministic:
+        refuse(run_dir, "sweep.reuse=verify: on a GPU only with trainer.deterministic=true (else no rerun is exact)")
     seed_and_threads(cfg)  # the threads it would train with are part of the key
     key = identity(cfg)["key"]
-    source, own = lookup(cfg, key, sweep_dir)
+    source, own = lookup(cfg, key, HydraConfig.get().sweep.dir)
     if source is None:
         if own:
             print(f"[train] {run_dir}: the same key as {own[0]} of this sweep (they differ only in "
                   f"bookkeeping keys): trained again")  # fmt: skip
-        return None
+        return None, None
+    if mode == "verify":
+        print(f"[verify] {run_dir}: trains, then compares with {source}")
+        return None, source
     metrics = record_reuse(run_dir, source)
-    print(
-        f"[reuse] {run_dir}: the same run finished in {source} ({metrics.get('wall_time_s', 0):.0f} s of training saved)"
-    )
-    return metrics
+    saved = metrics.get("wall_time_s") or 0
+    print(f"[reuse] {run_dir}: the same run finished in {source} ({saved:.0f} s of training saved)")
+    return metrics, None
+
+
+def refuse(run_dir: str, message: str):
+    """The job ends `failed` with this line (the sweep's summary reports it)."""
+    from attnexp.train.lifecycle import RunFailed
+    from attnexp.train.rundir import RunRecord
+
+    RunRecord(run_dir).update(status="failed", reason=message)
+    raise RunFailed("failed", message)
+
+
+def tensors(obj, path: str = "") -> dict:
+    """Every tensor of a checkpoint by its path (state_dict, optimizer state...)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return {path: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    return {k: v for key, value in items for k, v in tensors(value, f"{path}/{key}").items()}
+
+
+def compared_tensors(path: Path) -> dict:
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return tensors({k: v for k, v in ckpt.items() if k not in NOT_COMPARED})
+
+
+def verify(run_dir: str, source: Path) -> None:
+    """sweep.reuse=verify: the job's training against the run it would have reused: histories exactly,
+    every tensor of last.ckpt with torch.equal (weights, optimizer and schedule states; the callbacks'
+    records hold folders and times). RunFailed when they differ."""
+    import torch
+
+    differences = []
+    if read_metrics(run_dir).get("history") != read_metrics(source).get("history"):
+        differences.append("history")
+    mine, theirs = (compared_tensors(Path(d) / "checkpoints" / "last.ckpt") for d in (run_dir, source))
+    unequal = sorted(k for k in mine.keys() | theirs.keys() if k not in mine or k not in theirs or not torch.equal(mine[k], theirs[k]))  # fmt: skip
+    if unequal:
+        differences.append(f"{len(unequal)} of {len(mine)} tensors of last.ckpt (first: {unequal[0]})")
+    if differences:
+        refuse(
+            run_dir, f"sweep.reuse=verify: differs from {source}: {'; '.join(differences)} (its key missed a change)"
+        )
+    print(f"[verify] {run_dir}: identical to {source} (history and {len(mine)} tensors of last.ckpt)")
 
 
 def source(run_dir: str | os.PathLike) -> Path:
