@@ -78,6 +78,10 @@ def test_the_same_sweep_twice_trains_nothing_the_second_time(series, tmp_path):
     assert second.stdout.count("[reuse]") == 4 and "[Epoch" not in second.stdout
 
     assert table(b, tmp_path / "b") == table(a, tmp_path / "a")
+    # over both sweeps each run counts once, not once more for its record
+    assert report.main([str(a), str(b), "--baseline", "seqpool=x", "--out", str(tmp_path / "ab")]) == 0
+    with open(tmp_path / "ab" / "report.csv") as f:
+        assert [r["n"] for r in csv.DictReader(f)] == ["2", "2"]
 
 
 def test_a_new_variant_trains_only_itself_and_pairs_with_the_reused_baseline(series, tmp_path):
@@ -162,3 +166,20 @@ def test_verify_passes_on_an_unchanged_tree_and_catches_what_the_key_missed(tmp_
     record = read_metrics(cwd / "multirun" / "edited" / job)
     assert record["status"] == "failed" and record["reason"].startswith("sweep.reuse=verify: differs from ")
     assert "history" in record["reason"] and "tensors of last.ckpt" in record["reason"]
+
+
+def test_an_adaptive_sweep_after_a_fixed_one_reuses_its_seeds_and_says_how_many(series):
+    cwd, (a, _), _, _ = series
+    adaptive = attnexp_main(
+        "-m", *TINY, "seqpool=x,softmax", "sweep.seeds=auto", "sweep.precision=0.5", "sweep.pilot=3",
+        "sweep.max_seeds=3", "sweep.baseline={seqpool:x}", "hydra.sweep.dir=multirun/d", cwd=cwd,
+    )  # fmt: skip
+    assert adaptive.returncode == 0, adaptive.stderr[-3000:]
+    d = cwd / "multirun" / "d"
+    runs = jobs(d)  # the pilot's seeds 0-2: A has 0 and 1 of both configurations
+    reused = sorted(named(j) for j, m in runs.items() if m.get("reused_from", "").startswith(str(a.resolve())))
+    assert reused == ["seqpool=softmax/seed_0", "seqpool=softmax/seed_1", "seqpool=x/seed_0", "seqpool=x/seed_1"]
+    assert len(runs) == 6 and adaptive.stdout.count("[Epoch") == 2  # only seed 2 of each trained
+    counts = manifest.read_adaptive(d)["reused_seeds"]
+    assert sorted((named(c + "/x"), n) for c, n in counts.items()) == [("seqpool=softmax/x", 2), ("seqpool=x/x", 2)]
+    assert "reused seeds: " in adaptive.stdout

@@ -103,7 +103,9 @@ def sweep(overrides: list[str]) -> int:
             record, more = decided
             stage_two = compose_jobs(master, more)
             stopped = launch_stage(launcher, sweep_dir, stage_two, packs(master, stage_two), len(jobs))
-            print(adaptive.summary(record))
+            record["reused_seeds"] = reuse.seeds_reused(sweep_dir)
+            manifest.write_adaptive(sweep_dir, record)
+            print(adaptive.summary(record) + reuse.seeds_line(record["reused_seeds"]))
     return manifest.finish(sweep_dir, started, resume) or int(stopped)
 
 

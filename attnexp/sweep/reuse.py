@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from attnexp.errors import StartupError
+from attnexp.sweep.manifest import read_manifest
 from attnexp.train.rundir import atomic_write_text, read_metrics
 
 SEARCHED = ("outputs", "multirun")  # below the current folder
@@ -186,6 +187,22 @@ def verify(run_dir: str, source: Path) -> None:
             run_dir, f"sweep.reuse=verify: differs from {source}: {'; '.join(differences)} (its key missed a change)"
         )
     print(f"[verify] {run_dir}: identical to {source} (history and {len(mine)} tensors of last.ckpt)")
+
+
+def seeds_reused(sweep_dir: str) -> dict[str, int]:
+    """Per configuration of a sweep (its overrides but the seed): how many of its seeds were reused."""
+    counts: dict[str, int] = {}
+    for job in read_manifest(sweep_dir):
+        configuration = ",".join(o for o in job.overrides if not o.startswith("seed="))
+        reused = bool(read_metrics(Path(sweep_dir) / job.dir).get("reused_from"))
+        counts[configuration] = counts.get(configuration, 0) + reused
+    return counts
+
+
+def seeds_line(counts: dict[str, int]) -> str:
+    if not any(counts.values()):
+        return ""
+    return "\n  reused seeds: " + "; ".join(f"{c or 'the defaults'}: {n}" for c, n in counts.items())
 
 
 def source(run_dir: str | os.PathLike) -> Path:
