@@ -88,3 +88,11 @@ def test_sweep_reuse_takes_true_false_or_verify(value):
         compose(*TINY, f"sweep.reuse={ok}")
     with pytest.raises(ConfigError, match=f"sweep.reuse={value}: true, false or verify"):
         compose(*TINY, f"sweep.reuse={value}")
+
+
+def test_a_job_has_the_same_key_with_or_without_hydras_node():
+    from attnexp.config.compose import compose as compose_with_hydra
+    from attnexp.config.compose import split_hydra
+
+    full = compose_with_hydra([*TINY], return_hydra_config=True)
+    assert ident.identity(full) == ident.identity(split_hydra(full)[0])

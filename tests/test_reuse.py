@@ -183,3 +183,17 @@ def test_an_adaptive_sweep_after_a_fixed_one_reuses_its_seeds_and_says_how_many(
     counts = manifest.read_adaptive(d)["reused_seeds"]
     assert sorted((named(c + "/x"), n) for c, n in counts.items()) == [("seqpool=softmax/x", 2), ("seqpool=x/x", 2)]
     assert "reused seeds: " in adaptive.stdout
+
+
+def test_the_dry_run_names_the_run_it_would_reuse_or_the_part_that_differs(series, monkeypatch):
+    cwd, (a, _), _, _ = series
+    args = ("-m", *TINY, "seqpool=x", "seed=0", "sweep.dry_run=true")
+    same = attnexp_main(*args, cwd=cwd)
+    assert same.returncode == 0, same.stderr[-3000:]
+    (job,) = [j for j in jobs(a) if named(j) == "seqpool=x/seed_0"]
+    assert f"    0  reuses {(a / job).resolve()}\n" in same.stdout
+    monkeypatch.setattr(torch, "__version__", torch.__version__ + ".faked")
+    other = attnexp_main(*args, cwd=cwd)
+    assert f"    0  trains: {(a / job).resolve()} has its config but another versions\n" in other.stdout
+    fresh = attnexp_main(*args[:-1], "seed=7", args[-1], cwd=cwd)
+    assert "    0  trains: no finished run of its config\n" in fresh.stdout

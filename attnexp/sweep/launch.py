@@ -82,6 +82,8 @@ def sweep(overrides: list[str]) -> int:
         sweep_dir = str(master.hydra.sweep.dir)
     if master.sweep.dry_run:
         one_at_a_time = dry_run(sweep_dir, [(manifest.Job(o, d), cfg) for o, d, cfg in jobs], grouped)
+        if master.sweep.reuse is not False:
+            print(reuse.dry_run([cfg for _, _, cfg in jobs]))
         if master.sweep.seeds:
             sw = master.sweep
             print(f"  sweep.seeds=auto: above is stage 1 (seeds 0-{sw.pilot - 1}); in the worst case every "

@@ -51,8 +51,9 @@ def run_folders(root: Path, depth: int = RUN_DEPTH):
             yield from run_folders(Path(e.path), depth - 1)
 
 
-def candidates(key: str, search: list[Path]) -> list[tuple[Path, dict]]:
-    """Runs that trained and finished with this key, earliest `finished_at` first."""
+def candidates(key: str, search: list[Path], part: str | None = None) -> list[tuple[Path, dict]]:
+    """Runs that trained and finished with this key (or, with `part`, this digest of that part),
+    earliest `finished_at` first."""
     found, seen = [], set()
     for root in search:
         for folder in run_folders(root):
@@ -70,8 +71,9 @@ def candidates(key: str, search: list[Path]) -> list[tuple[Path, dict]]:
                 metrics = json.loads(text)
             except ValueError:
                 continue
+            found_identity = metrics.get("identity") or {}
             if (
-                (metrics.get("identity") or {}).get("key") == key
+                (found_identity.get("parts", {}).get(part) if part else found_identity.get("key")) == key
                 and metrics.get("status") == "done"
                 and not metrics.get("reused_from")
                 and metrics.get("finished_at")
@@ -141,6 +143,30 @@ def in_job(cfg: DictConfig, run_dir: str) -> tuple[dict | None, Path | None]:
     saved = metrics.get("wall_time_s") or 0
     print(f"[reuse] {run_dir}: the same run finished in {source} ({saved:.0f} s of training saved)")
     return metrics, None
+
+
+def dry_run(jobs: list[DictConfig]) -> str:
+    """The dry run's word on each job (numbered as its table): the run it would reuse, or why it trains: the
+    parts in which the earliest finished run of its config differs."""
+    from attnexp.build.objects import seed_and_threads
+    from attnexp.train.identity import identity
+
+    lines = ["  sweep.reuse (looked up here; each job looks again where it runs):"]
+    for i, cfg in enumerate(jobs):
+        seed_and_threads(cfg)
+        ident = identity(cfg)
+        same = candidates(ident["parts"]["config"], roots(cfg), part="config")
+        reused = [p for p, m in same if m["identity"]["key"] == ident["key"]]
+        if reused:
+            word = f"reuses {reused[0]}"
+        elif same:
+            path, metrics = same[0]
+            parts = [p for p, d in ident["parts"].items() if metrics["identity"]["parts"].get(p) != d]
+            word = f"trains: {path} has its config but another {', '.join(parts)}"
+        else:
+            word = "trains: no finished run of its config"
+        lines.append(f"  {i:>3}  {word}")
+    return "\n".join(lines)
 
 
 def refuse(run_dir: str, message: str):

@@ -176,7 +176,9 @@ def code_files(start: tuple[str, ...], root: Path) -> dict[str, str]:
 
 def code_part(cfg: DictConfig, root: Path = ATTNEXP_ROOT, packed: bool = False) -> dict:
     start = [ENTRY_POINT] + ([PACK_ENTRY_POINT] if packed else [])
-    for target in targets(OmegaConf.to_container(cfg, resolve=False)):
+    node = OmegaConf.to_container(cfg, resolve=False)
+    node.pop("hydra", None)  # Hydra's own launcher and sweeper: the same run whichever ran it
+    for target in targets(node):
         start.append(target.rpartition(".")[0] or target)
     return code_files(tuple(dict.fromkeys(start)), Path(root))
 
