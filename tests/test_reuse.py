@@ -197,3 +197,22 @@ def test_the_dry_run_names_the_run_it_would_reuse_or_the_part_that_differs(serie
     assert f"    0  trains: {(a / job).resolve()} has its config but another versions\n" in other.stdout
     fresh = attnexp_main(*args[:-1], "seed=7", args[-1], cwd=cwd)
     assert "    0  trains: no finished run of its config\n" in fresh.stdout
+
+
+def test_a_pack_trains_only_its_members_that_are_not_reusable(tmp_path):
+    def packed(name: str, seeds: str):
+        result = attnexp_main("-m", *TINY, "sweep.pack=seed", seeds, f"hydra.sweep.dir=multirun/{name}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return tmp_path / "multirun" / name, result
+
+    first, _ = packed("first", "seed=0,1")
+    again, result = packed("again", "seed=0,1")
+    assert "[Epoch" not in result.stdout and ": 0 done, 2 reused" in result.stdout
+    wider, result = packed("wider", "seed=0,1,2")
+    runs = jobs(wider)
+    reused = sorted(Path(j).name for j, m in runs.items() if m.get("reused_from"))
+    assert reused == ["seed_0", "seed_1"] and ": 1 done, 2 reused" in result.stdout
+    assert all(m["reused_from"].startswith(str(first.resolve())) for m in runs.values() if m.get("reused_from"))
+    assert all((wider / j / ".hydra" / "config.yaml").is_file() for j in runs)
+    trained = next(m for m in runs.values() if not m.get("reused_from"))
+    assert trained["status"] == "done" and trained["packed_with"] == []

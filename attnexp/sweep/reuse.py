@@ -6,7 +6,8 @@ depth under ./outputs, ./multirun and `paths.reuse_roots`. A candidate is a run 
 finished (`done`, no `reused_from`: records of reuse are never reused, so there are no chains);
 among several the earliest `finished_at` wins. The reused job's folder keeps this sweep's .hydra/,
 gets a copy of the run's tb/ events and a metrics.json with its own `run_dir` and `reused_from`,
-and no checkpoints: `attnexp.load_run` and `ckpt_path=` follow `reused_from` (`source`).
+and no checkpoints: `attnexp.load_run` and `ckpt_path=` follow `reused_from` (`source`). A pack
+reuses member by member and trains the rest. `sweep.reuse=verify` trains anyway and compares.
 No locking: two sweeps started together may both train a job.
 """
 
@@ -117,8 +118,10 @@ def in_job(cfg: DictConfig, run_dir: str) -> tuple[dict | None, Path | None]:
     the run to compare the training with). A job begun before (resumed, or retrained after a failure)
     trains its own; so does a pack (`sweep.members`: it trains every member)."""
     mode = cfg.sweep.reuse
-    if mode is False or cfg.mode != "train" or cfg.sweep.members or cfg.ckpt_path:
+    if mode is False or cfg.mode != "train" or cfg.ckpt_path:
         return None, None
+    if cfg.sweep.members:
+        return (pack_left(cfg, run_dir) if mode is True else None), None
     if (Path(run_dir) / "metrics.json").exists():
         return None, None
     from hydra.core.hydra_config import HydraConfig
@@ -167,6 +170,35 @@ def dry_run(jobs: list[DictConfig]) -> str:
             word = "trains: no finished run of its config"
         lines.append(f"  {i:>3}  {word}")
     return "\n".join(lines)
+
+
+def pack_left(lead: DictConfig, run_dir: str) -> dict | None:
+    """A packed job: each member with an identical finished packed run is recorded as its reuse and
+    leaves `sweep.members`; the rest train as the pack. The last record when no member is left."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from attnexp.build.objects import seed_and_threads
+    from attnexp.pack.run import Member, compose_members
+    from attnexp.train.identity import identity
+
+    sweep_dir, left, metrics = HydraConfig.get().sweep.dir, [], None
+    for index, (cfg, job, overrides) in zip(list(lead.sweep.members), compose_members(lead)):
+        folder, source = str(cfg.paths.output_dir), None
+        if not (Path(folder) / "metrics.json").exists():  # begun before: it resumes or retrains
+            seed_and_threads(cfg)
+            source, _ = lookup(cfg, identity(cfg, packed=True)["key"], sweep_dir)
+        if source is None:
+            left.append((index, cfg, job, overrides))
+            continue
+        member = Member(index, cfg, job, overrides, False)
+        if Path(folder).resolve() != Path(run_dir).resolve():  # Hydra saved the launched job's own
+            member.write_hydra_files()
+        metrics = record_reuse(folder, source)
+        print(f"[reuse] {folder}: the same packed run finished in {source}")
+    if left and Path(str(left[0][1].paths.output_dir)).resolve() != Path(run_dir).resolve():
+        Member(*left[0], False).write_hydra_files()  # the pack's first member now: its .hydra is its own to write
+    lead.sweep.members = [index for index, *_ in left]
+    return None if left else metrics
 
 
 def refuse(run_dir: str, message: str):

@@ -3,7 +3,8 @@
 One digest per part, so that the part that differs can be named (`attnexp <overrides> --cfg key`):
 - config: the composed config without its bookkeeping keys (attnexp.config.compose), the seed kept;
 - runtime: the device (`cpu`, or the CUDA device's name and capability), the precision the trainer
-  uses, on the CPU the thread count, and whether the run trains packed (and in a pack of how many);
+  uses, on the CPU the thread count, and whether the run trains packed (packed and unpacked runs drift
+  apart, docs/speed.md; not the pack's size: no measurement shows a member's numbers depend on it);
 - code: every module of attnexp, and of each `_target_`'s own package, that the training entry point
   and the targets import, found with `ast` (imports inside functions too); a package whose version is
   in the versions part is not hashed;
@@ -65,14 +66,14 @@ def config_part(cfg: DictConfig) -> dict:
 # ---------------------------------------------------------------- runtime
 
 
-def runtime_part(cfg: DictConfig, pack_size: int | None = None) -> dict:
+def runtime_part(cfg: DictConfig, packed: bool = False) -> dict:
     """Where and how the job computes; call it where the job runs, after its threads are set."""
     if on_gpu(cfg):
         device = {"name": torch.cuda.get_device_name(0), "capability": list(torch.cuda.get_device_capability(0))}
         threads = None  # a GPU run's numbers do not depend on the CPU's threads
     else:
         device, threads = "cpu", torch.get_num_threads()
-    return {"device": device, "precision": str(trainer_precision(cfg)), "threads": threads, "packed": pack_size}
+    return {"device": device, "precision": str(trainer_precision(cfg)), "threads": threads, "packed": packed}
 
 
 # ---------------------------------------------------------------- code
@@ -233,12 +234,12 @@ def data_part(cfg: DictConfig) -> list:
 # ---------------------------------------------------------------- the key
 
 
-def identity(cfg: DictConfig, pack_size: int | None = None, root: Path = ATTNEXP_ROOT) -> dict:
+def identity(cfg: DictConfig, packed: bool = False, root: Path = ATTNEXP_ROOT) -> dict:
     """{"key": ..., "parts": {part: digest}} of the job `cfg` as it runs here, now."""
     parts = {
         "config": digest(config_part(cfg)),
-        "runtime": digest(runtime_part(cfg, pack_size)),
-        "code": digest(code_part(cfg, root, packed=pack_size is not None)),
+        "runtime": digest(runtime_part(cfg, packed)),
+        "code": digest(code_part(cfg, root, packed)),
         "versions": digest(versions_part()),
         "data": digest(data_part(cfg)),
     }

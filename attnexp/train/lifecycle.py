@@ -116,7 +116,7 @@ class Lifecycle:
             recipe=self.cfg.recipe.name,
             numerics=numerics(trainer),
             weights=weights_source(self.cfg, model),  # what the run started from (null: random initialisation)
-            identity=identity(self.cfg, len(fields["packed_with"]) + 1 if "packed_with" in fields else None),
+            identity=identity(self.cfg, packed="packed_with" in fields),
             **provenance(self.run_dir),
             **fields,
         )
