@@ -216,3 +216,12 @@ def test_a_pack_trains_only_its_members_that_are_not_reusable(tmp_path):
     assert all((wider / j / ".hydra" / "config.yaml").is_file() for j in runs)
     trained = next(m for m in runs.values() if not m.get("reused_from"))
     assert trained["status"] == "done" and trained["packed_with"] == []
+
+
+def test_jobs_differing_only_in_bookkeeping_keys_each_train_and_say_so(tmp_path):
+    # their folders are named without bookkeeping keys, so the two jobs share one
+    result = attnexp_main("-m", *TINY, "data.download=false,true", "hydra.sweep.dir=multirun/s", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = jobs(tmp_path / "multirun" / "s").values()
+    assert "reused_from" not in run and result.stdout.count("[Epoch") == 2
+    assert result.stdout.count("[train] ") == 1 and "share a folder): trained again" in result.stdout

@@ -116,13 +116,16 @@ def record_reuse(run_dir: str, source: Path) -> dict:
 def in_job(cfg: DictConfig, run_dir: str) -> tuple[dict | None, Path | None]:
     """In a sweep's job: (the metrics of the run it reused, or None to train; with sweep.reuse=verify,
     the run to compare the training with). A job begun before (resumed, or retrained after a failure)
-    trains its own; so does a pack (`sweep.members`: it trains every member)."""
+    trains its own; a pack (`sweep.members`) reuses member by member (`pack_left`)."""
     mode = cfg.sweep.reuse
     if mode is False or cfg.mode != "train" or cfg.ckpt_path:
         return None, None
     if cfg.sweep.members:
         return (pack_left(cfg, run_dir) if mode is True else None), None
     if (Path(run_dir) / "metrics.json").exists():
+        if read_metrics(run_dir).get("status") == "done":  # not skipped by sweep.resume: another job of this sweep
+            print(f"[train] {run_dir}: holds a finished job of this sweep (jobs that differ only in bookkeeping "
+                  f"keys share a folder): trained again")  # fmt: skip
         return None, None
     from hydra.core.hydra_config import HydraConfig
 
