@@ -50,17 +50,20 @@ class Run:
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
-    """A finished (or interrupted) run: its config, metrics.json and the model with its weights."""
+    """A finished (or interrupted) run: its config, metrics.json and the model with its weights
+    (a sweep's record of a reused run: the weights of the run it reused)."""
     from omegaconf import OmegaConf
 
     from attnexp.assemble.objects import build_model as _build
     from attnexp.assemble.objects import load_weights
+    from attnexp.train.rundir import source
 
     run_dir = Path(run_dir)
     config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    ckpts = [run_dir / "checkpoints" / f"{name}.ckpt" for name in (checkpoint, "last")]
+    trained = source(run_dir)  # a record of reuse: the run it reused holds the checkpoints
+    ckpts = [trained / "checkpoints" / f"{name}.ckpt" for name in (checkpoint, "last")]
     ckpt = next((c for c in ckpts if c.is_file()), None)
     model = None
     if ckpt is not None:

@@ -1,9 +1,10 @@
 """The `attnexp` console script: a thin shell over attnexp.sweep.launch.
 
 A bad override ends with one line (`attnexp: error: key=value: reason`), exit
-code 2, no traceback and no run directory. `--help` and `--cfg` are answered
-from the composed config without importing torch; Hydra's other flags
-(`--info`, `--hydra-help`, `--shell-completion`) go to Hydra itself.
+code 2, no traceback and no run directory. `--help` and `--cfg job|hydra|all` are
+answered from the composed config without importing torch; `--cfg key` prints the
+run's identity (torch's versions are part of it). Hydra's other flags (`--info`,
+`--hydra-help`, `--shell-completion`) go to Hydra itself.
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ def show_config(flags: list[str], overrides: list[str]) -> None:
         return
     at = flags.index(next(f for f in flags if f in ("--cfg", "-c")))
     which = flags[at + 1] if at + 1 < len(flags) else ""
+    if which == "key":
+        show_key(cfg)
+        return
     if which not in ("job", "hydra", "all"):
-        fail(f"--cfg {which}: show job, hydra or all".replace("--cfg : ", "--cfg: "))
+        fail(f"--cfg {which}: show job, hydra, all or key".replace("--cfg : ", "--cfg: "))
     node = cfg if which == "all" else cfg.hydra if which == "hydra" else split_hydra(cfg)[0]
     package = next((flags[i + 1] for i, f in enumerate(flags[:-1]) if f in ("--package", "-p")), None)
     from attnexp.sweep.launch import hydra_config
@@ -55,6 +59,16 @@ def show_config(flags: list[str], overrides: list[str]) -> None:
                 print(node)
                 return
         print(OmegaConf.to_yaml(node, resolve="--resolve" in flags), end="")
+
+
+def show_key(cfg) -> None:
+    """--cfg key: the identity the job would record here (attnexp/train/identity.py; imports torch)."""
+    from attnexp.assemble.objects import seed_and_threads
+    from attnexp.train.identity import describe
+
+    body = split_hydra(cfg)[0]
+    seed_and_threads(body)  # the threads the job would run with
+    print(describe(body))
 
 
 def _split(argv: list[str]) -> tuple[list[str], list[str]]:

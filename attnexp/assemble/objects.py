@@ -214,6 +214,12 @@ def on_gpu(cfg: DictConfig) -> bool:
     return torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
 
 
+def trainer_precision(cfg: DictConfig) -> str:
+    """The precision the Trainer runs at: `auto` is bf16-mixed on a GPU, 32-true on the CPU."""
+    precision = cfg.trainer.precision
+    return precision if precision != "auto" else ("bf16-mixed" if on_gpu(cfg) else "32-true")
+
+
 def seed_and_threads(cfg: DictConfig) -> None:
     if cfg.compute.num_threads:
         torch.set_num_threads(cfg.compute.num_threads)
@@ -301,7 +307,7 @@ def make_trainer(cfg: DictConfig, callbacks: list, logger, root_dir: str | None 
     return instantiate(
         t,
         accelerator="gpu" if gpu else "cpu",
-        precision=t.precision if t.precision != "auto" else ("bf16-mixed" if gpu else "32-true"),
+        precision=trainer_precision(cfg),
         benchmark=gpu and not t.deterministic,  # cuDNN picks the fastest tokenizer-conv kernels once per shape
         enable_progress_bar=progress,
         callbacks=callbacks + extra,

@@ -27,12 +27,13 @@ CONFIG_MODULE = "attnexp.conf"
 
 # Keys that never tell two variants apart: where the data lives, how fast it is read, threads,
 # progress bars, the seed, resuming and sweep bookkeeping. One list for the job folders' names
-# (hydra.job.config.override_dirname.exclude_keys reads it) and attnexp-report's grouping.
+# (hydra.job.config.override_dirname.exclude_keys reads it), attnexp-report's grouping and a run's
+# identity (attnexp/train/identity.py, which keeps the seed).
 BOOKKEEPING_KEYS = (
     "seed", "ckpt_path", "experiment", "data.root", "data.num_workers", "data.download",
-    "paths.data_dir", "paths.output_dir", "compute.num_threads", "trainer.enable_progress_bar", "sweep.resume", "sweep.dry_run", "sweep.swept",
+    "paths.data_dir", "paths.output_dir", "logger.save_dir", "compute.num_threads", "trainer.enable_progress_bar", "sweep.resume", "sweep.dry_run", "sweep.swept",
     "sweep.pack", "sweep.members", "sweep.seeds", "sweep.pilot", "sweep.max_seeds", "sweep.precision", "sweep.metric",
-    "sweep.statistic", "sweep.baseline",
+    "sweep.statistic", "sweep.baseline", "sweep.reuse", "paths.reuse_roots",
 )  # fmt: skip
 BOOKKEEPING_PREFIXES = ("hydra.", "hydra/", "sweep.", "paths.", "timing.")
 

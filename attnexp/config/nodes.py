@@ -35,6 +35,7 @@ class Statistic(Choice):  # attnexp/sweep/statistic.py says what each is, and wh
 class PathsSchema:
     data_dir: str = "data"
     output_dir: Optional[str] = None
+    reuse_roots: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class RecipeSchema:
 @dataclass
 class SweepSchema:
     resume: bool = False
+    reuse: Any = True  # true | false | verify (attnexp/sweep/reuse.py)
     dry_run: bool = False
     swept: List[str] = field(default_factory=list)  # set by the CLI: the keys this sweep varies
     pack: Optional[Pack] = None  # train the jobs that differ only in it as one vectorised job

@@ -91,6 +91,12 @@ def _job(cfg, choices):
 
 
 @rule
+def _reuse(cfg, choices):
+    reuse = OmegaConf.select(cfg, "sweep.reuse")
+    _need(reuse in (True, False, "verify"), "sweep.reuse", reuse, "true, false or verify")
+
+
+@rule
 def _trainer(cfg, choices):
     t = cfg.get("trainer")
     if not isinstance(t, DictConfig):

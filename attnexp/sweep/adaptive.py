@@ -22,7 +22,7 @@ from attnexp.config.compose import hydra_config, is_bookkeeping, split_hydra, sp
 from attnexp.errors import ConfigError
 from attnexp.sweep import statistic
 from attnexp.sweep.compare import baseline_choices, no_spread, pick_baselines, stein_seeds, t_quantile
-from attnexp.sweep.manifest import job_state, read_adaptive, write_adaptive
+from attnexp.sweep.manifest import DONE_STATES, job_state, read_adaptive, write_adaptive
 from attnexp.train.rundir import read_curves, read_metrics
 
 SETTINGS = ("pilot", "max_seeds", "precision", "metric", "statistic", "family")
@@ -131,7 +131,7 @@ def baselines(jobs: list, spec: dict) -> dict[tuple, tuple | str]:
 def value(run_dir: Path, sw: DictConfig, held: bool) -> tuple[float | None, str, tuple]:
     """(the run's sized statistic, why there is none, its epochs)."""
     state, reason = job_state(run_dir)
-    if state not in ("done", "skipped"):
+    if state not in DONE_STATES:
         return None, f"{state}: {reason}" if reason else state, ()
     curve = read_curves(run_dir / "tb", (sw.metric,)).get(sw.metric)
     if why := statistic.out_of_statistics(curve, sw.metric):

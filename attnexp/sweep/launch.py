@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from attnexp.config.compose import compose, config_loader, hydra_config, set_hydra_key
 from attnexp.errors import ConfigError, JobExit
-from attnexp.sweep import adaptive, manifest
+from attnexp.sweep import adaptive, manifest, reuse
 from attnexp.sweep.plan import (
     check_job,
     checkpoint_overrides,
@@ -82,6 +82,8 @@ def sweep(overrides: list[str]) -> int:
         sweep_dir = str(master.hydra.sweep.dir)
     if master.sweep.dry_run:
         one_at_a_time = dry_run(sweep_dir, [(manifest.Job(o, d), cfg) for o, d, cfg in jobs], grouped)
+        if master.sweep.reuse is not False:
+            print(reuse.dry_run([cfg for _, _, cfg in jobs]))
         if master.sweep.seeds:
             sw = master.sweep
             print(f"  sweep.seeds=auto: above is stage 1 (seeds 0-{sw.pilot - 1}); in the worst case every "
@@ -117,7 +119,9 @@ def stage_two(launcher, sweep_dir: str, master: DictConfig, jobs: list) -> bool:
         stopped = launch_stage(launcher, sweep_dir, added, packs(master, added), len(jobs))
         jobs = jobs + added
     if record:
-        print(adaptive.summary(record))
+        record["reused_seeds"] = reuse.seeds_reused(sweep_dir)
+        manifest.write_adaptive(sweep_dir, record)
+        print(adaptive.summary(record) + reuse.seeds_line(record["reused_seeds"]))
     return stopped
 
 
@@ -169,12 +173,18 @@ def _resume_or_run(cfg: DictConfig, run_dir: str, multirun: bool) -> dict | None
     from attnexp.train.modes import run_mode
 
     try:
+        reused, compare_with = reuse.in_job(cfg, run_dir) if multirun else (None, None)
+        if reused is not None:
+            return reused
         if cfg.sweep.members:
             from attnexp.pack.run import train_pack
             from attnexp.sweep.plan import compose_members
 
-            return train_pack(compose_members(cfg))
-        return run_mode(cfg)
+            return train_pack(compose_members(cfg))  # the members left after reuse.in_job
+        metrics = run_mode(cfg)
+        if compare_with is not None:
+            reuse.verify(run_dir, compare_with)
+        return metrics
     except RunFailed as e:
         if multirun and e.status == "interrupted":
             # Ctrl-C / SIGTERM stops the whole sweep, not just this job; sweep.resume picks it up

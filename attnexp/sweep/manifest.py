@@ -19,7 +19,7 @@ from pathlib import Path
 from attnexp.train.rundir import atomic_write_text, read_metrics
 
 MANIFEST = "sweep.json"
-DONE_STATES = ("done", "skipped")
+DONE_STATES = ("done", "skipped", "reused")
 
 
 @dataclass
@@ -66,9 +66,10 @@ def read_adaptive(sweep_dir: str | os.PathLike) -> dict | None:
 
 
 def job_state(run_dir: Path, since: float | None = None) -> tuple[str, str]:
-    """(done | skipped | failed | incomplete, reason) of one job folder.
+    """(done | skipped | reused | failed | incomplete, reason) of one job folder.
 
     skipped: done before this invocation started (a resumed sweep left it alone).
+    reused: a record of an identical run that had finished (attnexp/sweep/reuse.py).
     incomplete: never started, killed (still `running` on disk), or interrupted —
     what `sweep.resume=true` picks up.
     """
@@ -85,7 +86,10 @@ def _job_state(run_dir: Path, since: float | None) -> tuple[str, str]:
         return "done", ""
     if status == "done":
         stamp = (run_dir / "metrics.json").stat().st_mtime
-        return ("skipped" if since is not None and stamp < since else "done"), ""
+        if since is not None and stamp < since:
+            return "skipped", ""
+        reused = metrics.get("reused_from")
+        return ("reused", f"from {reused}") if reused else ("done", "")
     reason = str(metrics.get("reason") or "")
     if status in ("failed", "diverged"):
         return "failed", f"{status}: {reason}" if status == "diverged" else reason
@@ -110,7 +114,13 @@ def sweep_states(sweep_dir: str | os.PathLike, since: float | None = None) -> li
 
 def format_summary(sweep_dir: str, states: list[tuple[str, str, str]]) -> str:
     counts = {s: sum(1 for _, state, _ in states if state == s) for s in ("done", "skipped", "failed", "incomplete")}
+    reused = [d for d, state, _ in states if state == "reused"]
+    if reused:
+        saved = sum(read_metrics(Path(sweep_dir) / d).get("wall_time_s") or 0 for d in reused)
+        counts = {"done": counts["done"], "reused": len(reused)} | counts
     lines = [f"sweep {sweep_dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" (of {len(states)} jobs)"]
+    if reused:  # on SLURM a reused job still costs its allocation's start
+        lines.append(f"  training time saved by reuse: {saved:.1f} s (the reused runs' wall_time_s)")
     width = max((len(d) for d, _, _ in states), default=0)
     for d, state, reason in states:
         lines.append(f"  {state:<10} {d:<{width}}  {reason}".rstrip())

@@ -17,7 +17,7 @@ from attnexp.config.compose import compose, config_loader, hydra_config, set_hyd
 from attnexp.errors import ConfigError, StartupError
 from attnexp.sweep import adaptive
 from attnexp.sweep.manifest import read_adaptive, read_manifest
-from attnexp.train.rundir import claim_dir, read_metrics
+from attnexp.train.rundir import claim_dir, read_metrics, source
 
 
 def parse_overrides(overrides: list[str]) -> list:
@@ -51,6 +51,10 @@ def checkpoint_overrides(overrides: list[str]) -> list[str]:
     if not ckpt or ckpt == "null" or mode not in ("train", "eval"):
         return overrides
     run_dir = Path(ckpt).resolve().parent.parent
+    if not Path(ckpt).is_file() and source(run_dir) != run_dir:  # a sweep's record of a reused run
+        run_dir = source(run_dir)
+        ckpt = str(run_dir / "checkpoints" / Path(ckpt).name)
+        overrides = [f"ckpt_path={quoted(ckpt)}" if override_key(o) == "ckpt_path" else o for o in overrides]
     saved = run_dir / ".hydra" / "overrides.yaml"
     original = list(OmegaConf.load(saved)) if saved.is_file() else []
     packing = ("sweep.pack", "sweep.members")  # a packed member's checkpoint resumes as a single run

@@ -136,6 +136,9 @@ def find_runs(paths: list[str], metric: str) -> list[ReportRun]:
                     seed = dict(split_override(o) for o in job.overrides).get("seed")
                     why = "the launcher never started it"
                     runs[folder] = ReportRun(folder, "not started", why, group_key(job.overrides), seed)
+    for folder in [f for f, r in runs.items() if r.metrics.get("reused_from")]:  # a run and its record: once
+        if Path(runs[folder].metrics["reused_from"]).resolve() in runs:
+            del runs[folder]
     return sorted(runs.values(), key=lambda r: (r.key, str(r.seed), str(r.dir)))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import platform
 import time
 import traceback
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from attnexp.assemble.objects import CheckpointError, on_gpu, trainable_parameters, weights_source
 from attnexp.config.compose import is_bookkeeping, split_override
 from attnexp.errors import StartupError
+from attnexp.train.identity import identity
 from attnexp.train.rundir import RunRecord, provenance
 from attnexp.train.timing import inference_ms
 
@@ -114,6 +116,7 @@ class Lifecycle:
             recipe=self.cfg.recipe.name,
             numerics=numerics(trainer),
             weights=weights_source(self.cfg, model),  # what the run started from (null: random initialisation)
+            identity=identity(self.cfg, packed="packed_with" in fields),
             **provenance(self.run_dir),
             **fields,
         )
@@ -141,6 +144,7 @@ class Lifecycle:
             final_acc1=final,
             epochs=len(self.history) and self.history[-1]["epoch"],
             wall_time_s=round(wall, 2),
+            finished_at=datetime.now(timezone.utc).isoformat(),  # among identical runs the earliest is reused
             **fields,
         )
 

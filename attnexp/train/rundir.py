@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
+from attnexp.errors import StartupError
+
 STATUSES = ("running", "done", "failed", "diverged", "interrupted")
 # whose versions a run records (what decides its numbers, and where it ran)
 RECORDED_PACKAGES = "attnexp torch torchvision pytorch-lightning hydra-core omegaconf tensorboard timm".split()
@@ -39,6 +41,16 @@ def read_metrics(run_dir: str | os.PathLike, /) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def source(run_dir: str | os.PathLike) -> Path:
+    """The folder that holds a run's checkpoints: its own, or the run it reused (StartupError when gone)."""
+    reused = read_metrics(run_dir).get("reused_from")
+    if not reused:
+        return Path(run_dir)
+    if not (Path(reused) / "metrics.json").is_file():
+        raise StartupError(f"reused run missing: {reused}")
+    return Path(reused)
 
 
 class RunRecord:
