@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo lint test test-slow test-all bench gpu-wheels gpu-check gpu-rehearsal clean
+.PHONY: install demo docs lint test test-slow test-all bench gpu-wheels gpu-check gpu-rehearsal clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/attnexp experiment=demo
+
+# docs/config.md from conf/ and the schemas (tests/test_docs.py fails while it is stale)
+docs: $(STAMP)
+	$(PY) scripts/config_reference.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
