@@ -198,6 +198,7 @@ def yaml_files(group: str, choice: str) -> list[Path]:
     return [own] + bases
 
 
+@lru_cache(maxsize=None)
 def group_keys(group: str) -> tuple[list[str], list[Key]]:
     """(the group's choices, its keys over every choice)."""
     choices = group_options(group)
@@ -222,6 +223,7 @@ def group_keys(group: str) -> tuple[list[str], list[Key]]:
     return ordered, list(table.values())
 
 
+@lru_cache(maxsize=None)
 def root_keys() -> list[Key]:
     """The keys no group holds: the root's own, `sweep`, `compute`, `recipe`, `timing`."""
     cfg = compose([])
