@@ -11,7 +11,7 @@
   one ending `# not checked: <reason>` is counted and skipped.
 - Each `make` target named exists, each `attnexp-report` / `attnexp-bench` flag exists, and each
   config key a prose code span names (`data.download`, `sweep.*`) is a key of some choice of its
-  group (or of the root).
+  group (or of the root); every relative link reaches its file and heading.
 """
 
 from __future__ import annotations
@@ -293,3 +293,26 @@ def test_config_keys_named_in_prose_exist(capsys):
     assert not problems, "\n".join(problems)
     with capsys.disabled():
         print(f"\ndocs prose: {checked} config keys checked")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_between_the_docs_reach_a_file_and_heading():
+    problems = []
+    for path in DOCS + [REPO / "CHANGELOG.md"]:
+        text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"\w+://", target):
+                continue
+            file, _, anchor = target.partition("#")
+            linked = (path.parent / file).resolve() if file else path
+            if not linked.exists():
+                problems.append(f"{rel(path)}: ({target}): no such file")
+            elif anchor and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", linked.read_text(), flags=re.M)
+                if anchor not in {slug(h) for h in headings}:
+                    problems.append(f"{rel(path)}: ({target}): no such heading in {file or rel(path)}")
+    assert not problems, "\n".join(problems)
