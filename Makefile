@@ -41,7 +41,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/attnexp-bench
 
-# The GPU check (docs/speed.md). The GPU machine has Python 3.12, torch, torchvision, Lightning,
+# The GPU check (CONTRIBUTING.md). The GPU machine has Python 3.12, torch, torchvision, Lightning,
 # tensorboard, but no package registry and not what attnexp's configs need: fetch those wheels
 # first, on a machine with the registries (antlr4 4.9.3 is an sdist only: build its wheel).
 # hydra-joblib-launcher: hydra/launcher=gpu_shared (jobs side by side on the GPU); tbparse: the

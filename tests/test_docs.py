@@ -11,7 +11,8 @@
   one ending `# not checked: <reason>` is counted and skipped.
 - Each `make` target named exists, each `attnexp-report` / `attnexp-bench` flag exists, and each
   config key a prose code span names (`data.download`, `sweep.*`) is a key of some choice of its
-  group (or of the root); every relative link reaches its file and heading.
+  group (or of the root); every relative link reaches its file and heading, every repository path
+  named in a code span exists.
 """
 
 from __future__ import annotations
@@ -316,3 +317,18 @@ def test_links_between_the_docs_reach_a_file_and_heading():
                 if anchor not in {slug(h) for h in headings}:
                     problems.append(f"{rel(path)}: ({target}): no such heading in {file or rel(path)}")
     assert not problems, "\n".join(problems)
+
+
+def test_repository_paths_named_in_the_docs_exist():
+    """A code span naming a file or folder of the repository (`attnexp/pack/run.py`, `conf/seqpool/`)
+    names one that exists: a moved module fails here, not in a reader's shell."""
+    problems, checked = [], 0
+    for path in DOCS:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            for span in re.findall(r"`([^`\s]+)`", line):
+                if not re.fullmatch(r"(attnexp|conf|docs|scripts|tests)/[\w./-]*", span) or "<" in span:
+                    continue
+                checked += 1
+                if not (REPO / span.split("::")[0]).exists():
+                    problems.append(f"{rel(path)}:{n}: `{span}` does not exist")
+    assert checked and not problems, "\n".join(problems)
