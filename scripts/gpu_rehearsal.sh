@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check rehearsed on the GPU machine's software, on the CPU (docs/speed.md).
+# The GPU check rehearsed on the GPU machine's software, on the CPU (CONTRIBUTING.md).
 #   scripts/gpu_rehearsal.sh venv      build the GPU image's venv (scripts/gpu-image.txt) unless complete
 #   scripts/gpu_rehearsal.sh run OUT   make gpu-check, with the CPU switch, in a fresh layer over it
 # The venv lives outside the clone, keyed by the list's hash, and no rehearsal writes into it: each
