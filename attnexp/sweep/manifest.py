@@ -113,11 +113,13 @@ def sweep_states(sweep_dir: str | os.PathLike, since: float | None = None) -> li
 
 
 def format_summary(sweep_dir: str, states: list[tuple[str, str, str]]) -> str:
-    counts = {s: sum(1 for _, state, _ in states if state == s) for s in ("done", "skipped", "failed", "incomplete")}
+    kinds = ("done", "reused", "skipped", "failed", "incomplete")
+    counts = {s: sum(1 for _, state, _ in states if state == s) for s in kinds}
     reused = [d for d, state, _ in states if state == "reused"]
     if reused:
         saved = sum(read_metrics(Path(sweep_dir) / d).get("wall_time_s") or 0 for d in reused)
-        counts = {"done": counts["done"], "reused": len(reused)} | counts
+    else:
+        del counts["reused"]  # a sweep that reused nothing reads as before
     lines = [f"sweep {sweep_dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" (of {len(states)} jobs)"]
     if reused:  # on SLURM a reused job still costs its allocation's start
         lines.append(f"  training time saved by reuse: {saved:.1f} s (the reused runs' wall_time_s)")

@@ -31,6 +31,7 @@ from attnexp.config.compose import is_bookkeeping, split_override
 from attnexp.sweep import statistic
 from attnexp.sweep.compare import (
     CONFIDENCE,
+    NO_SPREAD,
     baseline_choices,
     no_spread,
     paired_interval,
@@ -531,7 +532,7 @@ def comparison_notes(rows: list[dict], spec: dict, family: bool) -> list[str]:
             "paired: a run and its baseline's run at the same seed share initial weights (when the variant adds "
             "no parameters), batches, augmentation and dropout draws; Δ is the mean of the per-seed differences "
             "over the seeds both finished, with a t-interval on n − 1 degrees of freedom (n seeds). Differences "
-            "whose range is below 1e-4 points have no spread: no interval, can't tell."
+            f"whose range is below {NO_SPREAD:g} points have no spread: no interval, can't tell."
         )
     if "welch" in used:
         notes.append(
